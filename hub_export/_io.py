@@ -15,7 +15,9 @@ def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False):
     """
     out = Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"The output folder {out} already exists. Pass --overwrite to replace it, or pick another.")
+        raise FileExistsError(
+            f"The output folder {out} already exists. Pass --overwrite to replace it, or pick another."
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -62,7 +62,7 @@ def main(argv=None):
         logits = model(input_ids).logits
         auto_logits = auto_model(input_ids).logits
         tokens = model.generate(input_ids, max_new_tokens=args.max_new_tokens, do_sample=False)
-    print(f"prompt ids {input_ids.tolist()[0]}\ngenerated ids {tokens[0, input_ids.shape[1]:].tolist()}")
+    print(f"prompt ids {input_ids.tolist()[0]}\ngenerated ids {tokens[0, input_ids.shape[1] :].tolist()}")
     if args.save_logits:
         torch.save({"causal_lm": logits, "auto_model": auto_logits, "tokens": tokens}, args.save_logits)
 

@@ -104,7 +104,7 @@ class UniMoETextConfig(PreTrainedConfig):
                 f"`capacity_factor` must be a positive number, or None for dropless routing; got "
                 f"{self.capacity_factor!r}."
             )
-        self.moe_layer_indices  # validates `moe_layers`
+        _ = self.moe_layer_indices  # validates `moe_layers`
 
     @property
     def moe_layer_indices(self) -> list[int]:
@@ -311,7 +311,13 @@ _QFORMER_BASE = {"model_type": "blip_2_qformer", "hidden_size": 768, "encoder_hi
 
 def _llama7b(num_experts=4, moe_layers="all", **kwargs):
     # vocab 32000 + the added <image>, <audio>, <video> special tokens
-    return {"vocab_size": 32003, "num_experts": num_experts, "num_experts_per_tok": 2, "moe_layers": moe_layers, **kwargs}
+    return {
+        "vocab_size": 32003,
+        "num_experts": num_experts,
+        "num_experts_per_tok": 2,
+        "moe_layers": moe_layers,
+        **kwargs,
+    }
 
 
 _PLACEHOLDERS_7B = {"image_token_id": 32000, "audio_token_id": 32001, "video_token_id": 32002}

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
@@ -33,7 +32,7 @@ from transformers.models.llama.modeling_llama import (
 from transformers.models.whisper.modeling_whisper import WhisperDecoder, WhisperEncoder
 from transformers.utils import logging
 
-from .configuration_unimoe import UniMoEBEATsConfig, UniMoEConfig, UniMoETextConfig
+from .configuration_unimoe import UniMoEConfig, UniMoETextConfig
 
 
 logger = logging.get_logger(__name__)
@@ -243,7 +242,9 @@ class UniMoESoundConnector(nn.Module):
         self.qformer = Blip2QFormerModel(config.audio_qformer_config)
         self.projector = nn.Linear(qformer_hidden, config.text_config.hidden_size)
 
-    def forward(self, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         queries = self.query_tokens.expand(encoder_hidden_states.shape[0], -1, -1)  # [chunks, Q, qformer_hidden]
         hidden_states = self.qformer(
             query_embeds=queries,
@@ -566,6 +567,10 @@ class UniMoEForCausalLM(UniMoEPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = UniMoEModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        placeholders = [config.image_token_id, config.video_token_id, config.audio_token_id, config.sound_token_id]
+        placeholders = [token_id for token_id in placeholders if token_id is not None]
+        if placeholders and self.generation_config is not None:  # media placeholders are inputs, never outputs
+            self.generation_config.suppress_tokens = placeholders
         self.post_init()
 
     def get_input_embeddings(self):

@@ -18,3 +18,31 @@ def text_only_config(**text_kwargs) -> UniMoEConfig:
     )
     defaults.update(text_kwargs)
     return UniMoEConfig(text_config=UniMoETextConfig(**defaults))
+
+
+def media_prompt(config, seed: int = 0) -> dict:
+    """Model inputs with one image, one video, a 2-chunk speech clip and a 2-chunk sound clip (whichever towers the
+    config has), placeholders already expanded."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    ids, inputs = [1, 20, 21], {}
+    if config.vision_config is not None:
+        size, tokens = config.vision_config.image_size, config.image_seq_length
+        ids += [config.image_token_id] * tokens + [22] + [config.video_token_id] * tokens + [23]
+        inputs["pixel_values"] = torch.randn(1, 3, size, size, generator=generator)
+        inputs["pixel_values_videos"] = torch.randn(1, config.num_video_frames, 3, size, size, generator=generator)
+    if config.speech_config is not None:
+        ids += [config.audio_token_id] * (2 * config.num_speech_query_tokens) + [24]
+        inputs["input_features"] = torch.randn(2, config.speech_config.num_mel_bins, 3000, generator=generator)
+    if config.audio_config is not None:
+        ids += [config.sound_token_id] * (2 * config.num_sound_query_tokens) + [25]
+        frames = 2998
+        inputs["sound_features"] = 10 + 5 * torch.randn(
+            2, frames, config.audio_config.num_mel_bins, generator=generator
+        )
+        mask = torch.ones(2, frames, dtype=torch.long)
+        mask[1, 1000:] = 0
+        inputs["sound_features_mask"] = mask
+    inputs["input_ids"] = torch.tensor([ids + [26, 27]])
+    return inputs

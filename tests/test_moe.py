@@ -52,7 +52,7 @@ def test_block_backward_matches_reference():
     x.grad = None
     reference_moe(block, x).square().sum().backward()
     reference = [p.grad for p in block.parameters()] + [x.grad]
-    for a, b in zip(ours, reference):
+    for a, b in zip(ours, reference, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 

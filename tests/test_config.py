@@ -1,0 +1,97 @@
+"""UniMoEConfig: presets, validation, serialisation, and the released models' parameter counts."""
+
+import re
+
+import pytest
+import torch
+
+from modeling_unimoe import UniMoEConfig, UniMoEForCausalLM, UniMoETextConfig
+
+
+def test_text_config_is_the_text_sub_config(tiny_config):
+    assert tiny_config.get_text_config() is tiny_config.text_config
+    assert tiny_config.model_type == "unimoe" and tiny_config.text_config.model_type == "unimoe_text"
+
+
+@pytest.mark.parametrize(
+    "pattern, layers, expected",
+    [("all", 4, [0, 1, 2, 3]), ("even", 5, [0, 2, 4]), ([3, 1], 4, [1, 3])],
+)
+def test_moe_layer_patterns(pattern, layers, expected):
+    assert UniMoETextConfig(moe_layers=pattern, num_hidden_layers=layers).moe_layer_indices == expected
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            dict(num_experts=2, num_experts_per_tok=3),
+            "`num_experts_per_tok` (top-k) must be between 1 and `num_experts` (2), got 3.",
+        ),
+        (dict(moe_layers="odd"), "`moe_layers` must be one of ['all', 'even'], got 'odd'."),
+        (dict(moe_layers=[0, 40], num_hidden_layers=4), "`moe_layers` lists layer indices [40]"),
+        (dict(capacity_factor=0.0), "`capacity_factor` must be a positive number, or None for dropless routing"),
+        (dict(num_experts=0), "`num_experts` must be at least 1, got 0."),
+    ],
+)
+def test_invalid_text_config(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        UniMoETextConfig(**kwargs)
+
+
+def test_invalid_top_level_values():
+    with pytest.raises(ValueError, match=re.escape("Unknown preset 'uni-moe-9e'. Available presets: [")):
+        UniMoEConfig.from_preset("uni-moe-9e")
+    with pytest.raises(ValueError, match=re.escape("`vision_connector` must be one of ['mlp2x_gelu'], got 'linear'.")):
+        UniMoEConfig.from_preset("tiny", vision_connector="linear")
+    with pytest.raises(ValueError, match=re.escape("`image_token_id` is required when its tower is configured")):
+        UniMoEConfig.from_preset("tiny", image_token_id=None)
+    with pytest.raises(ValueError, match=re.escape("`audio_token_id` must be a token id in [0, 512)")):
+        UniMoEConfig.from_preset("tiny", audio_token_id=512)
+    with pytest.raises(ValueError, match=re.escape("Placeholder token ids must be distinct, got [3, 3, 4, 6].")):
+        UniMoEConfig.from_preset("tiny", video_token_id=3)
+
+
+def test_round_trip_through_json(tmp_path, tiny_config):
+    tiny_config.save_pretrained(tmp_path)
+    loaded = UniMoEConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == tiny_config.to_dict()
+    assert type(loaded.audio_config).__name__ == "UniMoEBEATsConfig"
+    assert type(loaded.vision_config).__name__ == "CLIPVisionConfig"
+
+
+def expected_llm_parameters(text) -> int:
+    """LLaMA decoder with E SwiGLU experts in MoE layers, counted from the dimensions alone."""
+    h, f, v = text.hidden_size, text.intermediate_size, text.vocab_size
+    kv = text.num_key_value_heads * text.head_dim
+    attention = 2 * h * h + 2 * h * kv
+    moe_layers = len(text.moe_layer_indices)
+    dense_layers = text.num_hidden_layers - moe_layers
+    ffn = moe_layers * (text.num_experts * 3 * h * f + text.num_experts * h) + dense_layers * 3 * h * f
+    return 2 * v * h + text.num_hidden_layers * (attention + 2 * h) + ffn + h
+
+
+# Published sizes of the frozen towers: CLIP ViT-L/14-336 vision model, whisper-small encoder, whisper-small decoder.
+CLIP_L_336 = 303_507_456
+WHISPER_SMALL_ENCODER = 88_154_112
+WHISPER_SMALL_DECODER = 153_580_800
+
+
+@pytest.mark.parametrize(
+    "preset, billions",
+    [("uni-moe-speech-4e", 20.3), ("uni-moe-speech-v1.5", 13.8), ("uni-moe-audio-4e", 13.9), ("uni-moe-8e", 37.6)],
+)
+def test_released_presets_have_the_released_parameter_counts(preset, billions):
+    config = UniMoEConfig.from_preset(preset)
+    with torch.device("meta"):
+        model = UniMoEForCausalLM(config)
+    counts = {name: sum(p.numel() for p in module.parameters()) for name, module in model.model.named_children()}
+    text = config.text_config
+    assert counts["language_model"] + model.lm_head.weight.numel() == expected_llm_parameters(text)
+    assert counts["vision_tower"] == CLIP_L_336
+    assert counts["vision_projector"] == 1024 * 4096 + 4096 + 4096 * 4096 + 4096
+    if config.speech_config is not None:
+        assert counts["speech_tower"] == WHISPER_SMALL_ENCODER
+        assert counts["speech_connector"] == WHISPER_SMALL_DECODER + 50 * 768 + 768 * 4096 + 4096
+    total = sum(p.numel() for p in model.parameters())
+    assert abs(total / 1e9 - billions) < 0.05, total

@@ -1,0 +1,117 @@
+"""Save/load round trips and the Hub folder written by `python -m hub_export.build`, loaded as remote code."""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hub_export.build import build
+from hub_export.check import fixed_prompt
+from modeling_unimoe import UniMoEForCausalLM
+
+
+REPO = Path(__file__).resolve().parents[1]
+HUB_FILES = [REPO / "modeling_unimoe" / "configuration_unimoe.py", REPO / "modeling_unimoe" / "modeling_unimoe.py"]
+
+
+def test_save_load_round_trip_is_exact(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path)
+    loaded = UniMoEForCausalLM.from_pretrained(tmp_path).eval()
+    original, reloaded = tiny_model.state_dict(), loaded.state_dict()
+    assert original.keys() == reloaded.keys()
+    for key in original:
+        assert torch.equal(original[key], reloaded[key]), key
+    input_ids = fixed_prompt(tiny_model.config)
+    with torch.no_grad():
+        assert torch.equal(tiny_model(input_ids).logits, loaded(input_ids).logits)
+
+
+def test_saved_folder_has_auto_map_and_code(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "unimoe"
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_unimoe.UniMoEConfig",
+        "AutoModel": "modeling_unimoe.UniMoEForCausalLM",
+        "AutoModelForCausalLM": "modeling_unimoe.UniMoEForCausalLM",
+        "AutoModelForImageTextToText": "modeling_unimoe.UniMoEForCausalLM",
+    }
+    for file in HUB_FILES:
+        assert (tmp_path / file.name).read_text() == file.read_text()
+    assert (tmp_path / "model.safetensors").exists()
+    keys = load_file(tmp_path / "model.safetensors").keys()
+    assert "model.language_model.layers.0.mlp.experts.3.down_proj.weight" in keys
+    assert "model.language_model.layers.0.mlp.gate.weight" in keys
+
+
+@pytest.mark.parametrize("file", HUB_FILES, ids=lambda p: p.name)
+def test_hub_files_import_only_torch_transformers_stdlib_and_siblings(file):
+    allowed = {"torch", "transformers"} | set(sys.stdlib_module_names)
+    for node in ast.walk(ast.parse(file.read_text())):
+        if isinstance(node, ast.Import):
+            roots = [alias.name.split(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                assert node.level == 1 and node.module and (file.parent / f"{node.module}.py").exists(), ast.dump(node)
+                continue
+            roots = [node.module.split(".")[0]]
+        else:
+            continue
+        assert set(roots) <= allowed, f"{file.name} imports {roots}"
+
+
+def test_built_folder_loads_as_remote_code_in_a_fresh_process(tmp_path):
+    out = build("tiny", tmp_path / "uni-moe-tiny", seed=3)
+    local = UniMoEForCausalLM.from_pretrained(out).eval()
+    input_ids = fixed_prompt(local.config)
+    with torch.no_grad():
+        expected = local(input_ids).logits
+    logits_file = tmp_path / "logits.pt"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run(
+        [sys.executable, "-m", "hub_export.check", str(out), "--save-logits", str(logits_file)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(remote code)" in result.stdout and "transformers_modules" in result.stdout
+    remote = torch.load(logits_file, weights_only=True)
+    torch.testing.assert_close(remote["causal_lm"], expected, atol=0, rtol=0)
+    torch.testing.assert_close(remote["auto_model"], expected, atol=0, rtol=0)
+
+
+def test_check_blocks_the_local_package(tmp_path):
+    code = "from hub_export.check import block_local_package; block_local_package(); import modeling_unimoe"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "modeling_unimoe is blocked: this process must use the folder's remote code only" in result.stderr
+
+
+def test_build_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="already exists. Pass --overwrite to replace it"):
+        build("tiny", out)
+    assert (out / "keep.txt").read_text() == "user data"
+
+    def save_then_fail(self, folder, **kwargs):
+        (Path(folder) / "model.safetensors").write_bytes(b"half-written")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(UniMoEForCausalLM, "save_pretrained", save_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        build("tiny", tmp_path / "new")
+    with pytest.raises(OSError, match="disk full"):
+        build("tiny", out, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
+    assert (out / "keep.txt").read_text() == "user data"
