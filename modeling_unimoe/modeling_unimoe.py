@@ -504,6 +504,9 @@ class UniMoEPreTrainedModel(PreTrainedModel):
         "UniMoEBEATsEncoderLayer",
     ]
     _skip_keys_device_placement = ["past_key_values"]
+    # routers stay in full precision: never quantized, upcast under fp16 (bitsandbytes' CPU kernels also need
+    # out_features divisible by their block size, which a 4- or 8-expert router is not)
+    _keep_in_fp32_modules = ["mlp.gate"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
