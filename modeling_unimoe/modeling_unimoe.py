@@ -468,8 +468,8 @@ class UniMoESpeechConnector(nn.Module):
 
 
 class UniMoESoundConnector(nn.Module):
-    """BLIP-2 Q-Former over BEATs features: learned queries, cross-attention to the (masked) encoder output, then a
-    linear projector to the LLM."""
+    """BLIP-2 Q-Former over BEATs features: learned queries cross-attend to one chunk's encoder output, then a linear
+    projector maps them to the LLM."""
 
     def __init__(self, config: UniMoEConfig):
         super().__init__()
@@ -478,14 +478,10 @@ class UniMoESoundConnector(nn.Module):
         self.qformer = Blip2QFormerModel(config.audio_qformer_config)
         self.projector = nn.Linear(qformer_hidden, config.text_config.hidden_size)
 
-    def forward(
-        self, encoder_hidden_states: torch.Tensor, encoder_attention_mask: torch.Tensor | None
-    ) -> torch.Tensor:
+    def forward(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         queries = self.query_tokens.expand(encoder_hidden_states.shape[0], -1, -1)  # [chunks, Q, qformer_hidden]
         hidden_states = self.qformer(
-            query_embeds=queries,
-            encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask,
+            query_embeds=queries, encoder_hidden_states=encoder_hidden_states
         ).last_hidden_state
         return self.projector(hidden_states)  # [chunks, Q, hidden]
 
@@ -728,9 +724,10 @@ class UniMoEModel(UniMoEPreTrainedModel):
         tower = self._require("sound_tower", "sound_features", "audio_config")
         padding_mask = None if sound_features_mask is None else ~sound_features_mask.bool()
         dtype = self.sound_connector.projector.weight.dtype
-        hidden_states, token_padding_mask = tower(sound_features.to(dtype), padding_mask)
-        encoder_attention_mask = None if token_padding_mask is None else (~token_padding_mask).long()
-        return self.sound_connector(hidden_states, encoder_attention_mask)
+        hidden_states, _ = tower(sound_features.to(dtype), padding_mask)
+        # as in the original, the Q-Former attends to every BEATs token (padded ones carry no padded-frame content:
+        # BEATs zeroes them and masks them as keys)
+        return self.sound_connector(hidden_states)
 
     def _merge(self, input_ids, inputs_embeds, token_id, features, what, input_name):
         """Scatter `features` [items, tokens_per_item, hidden] into the placeholder positions of `token_id`."""

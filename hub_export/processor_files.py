@@ -1,0 +1,99 @@
+"""The tokenizer and chat-template files of a converted Uni-MoE folder.
+
+`save_processor_files` is the one seam the converter calls for everything text/processor-side. It converts the
+release's LLaMA sentencepiece tokenizer into a transformers fast tokenizer with `<image>`, `<audio>`, `<video>` as
+special tokens right after the original vocabulary, then hands it to the processing package's `save_processor`
+(processor_config.json with its auto_map, chat template, processing code). Without the processing package it writes
+the tokenizer with the vicuna_v1 chat template below.
+"""
+
+from pathlib import Path
+
+from ._tensors import ConversionError
+
+
+PLACEHOLDER_TOKENS = ("<image>", "<audio>", "<video>")  # ids V, V + 1, V + 2 after the V-token LLaMA vocabulary
+
+# vicuna_v1 as in the original conversation.py: "{system} USER: {msg} ASSISTANT: {reply}</s>USER: ...". Media
+# placeholders open a user turn in the original inference order (image, audio, video), one line each.
+VICUNA_V1_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, "
+    "and polite answers to the user's questions."
+)
+CHAT_TEMPLATE = (
+    "{%- set system_message = '" + VICUNA_V1_SYSTEM.replace("'", "\\'") + "' -%}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- if messages[0]['content'] is string -%}{%- set system_message = messages[0]['content'] -%}"
+    "{%- else -%}{%- set system_message = messages[0]['content'] | selectattr('type', 'equalto', 'text') "
+    "| map(attribute='text') | join('') -%}{%- endif -%}"
+    "{%- set messages = messages[1:] -%}"
+    "{%- endif -%}"
+    "{{- system_message + ' ' -}}"
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{%- set text = message['content'] -%}"
+    "{%- else -%}"
+    "{%- set ns = namespace(text='') -%}"
+    "{%- for kind in ['image', 'audio', 'video'] -%}"
+    "{%- for block in message['content'] -%}{%- if block['type'] == kind -%}{%- set ns.text = ns.text + '<' + kind "
+    "+ '>\\n' -%}{%- endif -%}{%- endfor -%}"
+    "{%- endfor -%}"
+    "{%- for block in message['content'] -%}{%- if block['type'] == 'text' -%}{%- set ns.text = ns.text + "
+    "block['text'] -%}{%- endif -%}{%- endfor -%}"
+    "{%- set text = ns.text -%}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'user' -%}{{- 'USER: ' + text + ' ' -}}"
+    "{%- else -%}{{- 'ASSISTANT: ' + text + '</s>' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+)
+
+
+def find_tokenizer_dir(*folders) -> Path:
+    """The first folder holding a LLaMA tokenizer (`tokenizer.model` or `tokenizer.json`)."""
+    for folder in folders:
+        if folder is not None and any((Path(folder) / f).is_file() for f in ("tokenizer.model", "tokenizer.json")):
+            return Path(folder)
+    raise ConversionError(
+        f"No tokenizer found: none of {[str(f) for f in folders if f is not None]} has tokenizer.model or "
+        "tokenizer.json. The release ships the LLaMA tokenizer with the base and fine-tuned checkpoints; download "
+        "those files too."
+    )
+
+
+def placeholder_ids(config) -> dict[str, int]:
+    audio_id = config.audio_token_id if config.audio_token_id is not None else config.sound_token_id
+    return {"<image>": config.image_token_id, "<audio>": audio_id, "<video>": config.video_token_id}
+
+
+def save_processor_files(config, tokenizer_source_dir, out_dir) -> None:
+    """Write the tokenizer (with the placeholder tokens and the chat template) for `config` into `out_dir`."""
+    try:
+        from transformers import LlamaTokenizer
+
+        tokenizer = LlamaTokenizer.from_pretrained(str(tokenizer_source_dir))
+    except (ImportError, ValueError, OSError) as error:
+        raise ConversionError(
+            f"Could not read the LLaMA tokenizer in {tokenizer_source_dir}: {error}. Converting the sentencepiece "
+            "tokenizer.model needs the `sentencepiece` and `protobuf` packages (pip install sentencepiece protobuf)."
+        ) from None
+    text_vocab = config.get_text_config().vocab_size - len(PLACEHOLDER_TOKENS)
+    if len(tokenizer) != text_vocab:
+        raise ConversionError(
+            f"The tokenizer in {tokenizer_source_dir} has {len(tokenizer)} tokens but the checkpoint's embedding has "
+            f"{text_vocab} rows. Expected the tokenizer that was released with this checkpoint."
+        )
+    tokenizer.add_special_tokens({"additional_special_tokens": list(PLACEHOLDER_TOKENS)})
+    wanted = placeholder_ids(config)
+    got = dict(zip(PLACEHOLDER_TOKENS, tokenizer.convert_tokens_to_ids(list(PLACEHOLDER_TOKENS)), strict=True))
+    if got != wanted:
+        raise ConversionError(f"Placeholder tokens got ids {got}; the config expects {wanted}.")
+    tokenizer.pad_token = tokenizer.unk_token  # as in the original (pad = unk, id 0)
+    try:
+        from modeling_unimoe.processing.export import save_processor
+    except ImportError:  # the processing package is not there: tokenizer and chat template only
+        save_processor = None
+    if save_processor is not None:
+        save_processor(config, tokenizer, out_dir)  # + processor_config.json, chat_template.jinja, processing code
+    else:
+        tokenizer.chat_template = CHAT_TEMPLATE
+        tokenizer.save_pretrained(str(out_dir))
