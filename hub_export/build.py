@@ -13,17 +13,25 @@ import torch
 
 from modeling_unimoe import UniMoEConfig, UniMoEForCausalLM
 from modeling_unimoe.configuration_unimoe import PRESETS
+from modeling_unimoe.processing.export import add_custom_pipeline, save_tiny_processor
 
 from ._io import atomic_output_dir
 
 
 def build(preset: str, out: str | Path, seed: int = 0, max_shard_size: str = "2GB", overwrite: bool = False) -> Path:
-    """Build the preset with random weights (seeded) and save it as a Hub folder at `out`."""
+    """Build the preset with random weights (seeded) and save it as a Hub folder at `out`.
+
+    The `tiny` preset also gets its processor (own BPE tokenizer, chat template) and the custom pipeline; the released
+    presets use the LLaMA tokenizer, which `hub_export.convert` takes from the release.
+    """
     config = UniMoEConfig.from_preset(preset)
     torch.manual_seed(seed)
     model = UniMoEForCausalLM(config)
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        if preset == "tiny":
+            save_tiny_processor(config, tmp)
+            add_custom_pipeline(tmp)
     return Path(out)
 
 

@@ -40,6 +40,27 @@ def fixed_prompt(config, seq_len: int = 12):
     return torch.randint(16, min(vocab, 32000), (1, seq_len), generator=generator)
 
 
+def chat_with_an_image(folder, model, max_new_tokens: int):
+    """AutoProcessor + chat template + generate on a drawn picture: the whole user path."""
+    import torch
+    from PIL import Image, ImageDraw
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    image = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(image).ellipse((16, 16, 48, 48), fill="red")
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What color is it?"}]}
+    ]
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    answer = processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    print(f"{type(processor).__name__}: image chat, {inputs['input_ids'].shape[1]} prompt tokens -> {answer!r}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder")
@@ -63,6 +84,8 @@ def main(argv=None):
         auto_logits = auto_model(input_ids).logits
         tokens = model.generate(input_ids, max_new_tokens=args.max_new_tokens, do_sample=False)
     print(f"prompt ids {input_ids.tolist()[0]}\ngenerated ids {tokens[0, input_ids.shape[1] :].tolist()}")
+    if os.path.exists(os.path.join(args.folder, "processor_config.json")):
+        chat_with_an_image(args.folder, model, args.max_new_tokens)
     if args.save_logits:
         torch.save({"causal_lm": logits, "auto_model": auto_logits, "tokens": tokens}, args.save_logits)
 

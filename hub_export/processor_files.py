@@ -3,49 +3,18 @@
 `save_processor_files` is the one seam the converter calls for everything text/processor-side. It converts the
 release's LLaMA sentencepiece tokenizer into a transformers fast tokenizer with `<image>`, `<audio>`, `<video>` as
 special tokens right after the original vocabulary, then hands it to the processing package's `save_processor`
-(processor_config.json with its auto_map, chat template, processing code). Without the processing package it writes
-the tokenizer with the vicuna_v1 chat template below.
+(processor_config.json with its auto_map, chat template, processing code).
 """
 
 from pathlib import Path
+
+from modeling_unimoe.processing.export import save_processor
 
 from ._tensors import ConversionError
 
 
 PLACEHOLDER_TOKENS = ("<image>", "<audio>", "<video>")  # ids V, V + 1, V + 2 after the V-token LLaMA vocabulary
-
-# vicuna_v1 as in the original conversation.py: "{system} USER: {msg} ASSISTANT: {reply}</s>USER: ...". Media
-# placeholders open a user turn in the original inference order (image, audio, video), one line each.
-VICUNA_V1_SYSTEM = (
-    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, "
-    "and polite answers to the user's questions."
-)
-CHAT_TEMPLATE = (
-    "{%- set system_message = '" + VICUNA_V1_SYSTEM.replace("'", "\\'") + "' -%}"
-    "{%- if messages and messages[0]['role'] == 'system' -%}"
-    "{%- if messages[0]['content'] is string -%}{%- set system_message = messages[0]['content'] -%}"
-    "{%- else -%}{%- set system_message = messages[0]['content'] | selectattr('type', 'equalto', 'text') "
-    "| map(attribute='text') | join('') -%}{%- endif -%}"
-    "{%- set messages = messages[1:] -%}"
-    "{%- endif -%}"
-    "{{- system_message + ' ' -}}"
-    "{%- for message in messages -%}"
-    "{%- if message['content'] is string -%}{%- set text = message['content'] -%}"
-    "{%- else -%}"
-    "{%- set ns = namespace(text='') -%}"
-    "{%- for kind in ['image', 'audio', 'video'] -%}"
-    "{%- for block in message['content'] -%}{%- if block['type'] == kind -%}{%- set ns.text = ns.text + '<' + kind "
-    "+ '>\\n' -%}{%- endif -%}{%- endfor -%}"
-    "{%- endfor -%}"
-    "{%- for block in message['content'] -%}{%- if block['type'] == 'text' -%}{%- set ns.text = ns.text + "
-    "block['text'] -%}{%- endif -%}{%- endfor -%}"
-    "{%- set text = ns.text -%}"
-    "{%- endif -%}"
-    "{%- if message['role'] == 'user' -%}{{- 'USER: ' + text + ' ' -}}"
-    "{%- else -%}{{- 'ASSISTANT: ' + text + '</s>' -}}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
-)
+CONTEXT_LENGTH = 4096  # LLaMA-2 / Vicuna-7B-v1.5
 
 
 def find_tokenizer_dir(*folders) -> Path:
@@ -88,12 +57,5 @@ def save_processor_files(config, tokenizer_source_dir, out_dir) -> None:
     if got != wanted:
         raise ConversionError(f"Placeholder tokens got ids {got}; the config expects {wanted}.")
     tokenizer.pad_token = tokenizer.unk_token  # as in the original (pad = unk, id 0)
-    try:
-        from modeling_unimoe.processing.export import save_processor
-    except ImportError:  # the processing package is not there: tokenizer and chat template only
-        save_processor = None
-    if save_processor is not None:
-        save_processor(config, tokenizer, out_dir)  # + processor_config.json, chat_template.jinja, processing code
-    else:
-        tokenizer.chat_template = CHAT_TEMPLATE
-        tokenizer.save_pretrained(str(out_dir))
+    tokenizer.model_max_length = CONTEXT_LENGTH
+    save_processor(config, tokenizer, out_dir)  # tokenizer, processor_config.json, chat template, processing code

@@ -1,0 +1,39 @@
+"""The Uni-MoE processor: text, image, video, speech and sound in one call.
+
+`processing_unimoe.py` and `pipeline_unimoe.py` are uploaded to the Hub next to the modeling files (they import no
+other file of this package); `export.py` writes them, the tokenizer and `chat_template.jinja` into a Hub folder.
+
+    from modeling_unimoe.processing import UniMoEProcessor
+"""
+
+from .export import add_custom_pipeline, build_processor, save_processor, save_tiny_processor
+from .processing_unimoe import (
+    EmptyAudioError,
+    MediaDecodeError,
+    NotEnoughFramesError,
+    PlaceholderCountError,
+    PromptTooLongError,
+    TooManyChunksError,
+    UniMoEBEATsFeatureExtractor,
+    UniMoEProcessingError,
+    UniMoEProcessor,
+)
+from .tiny_tokenizer import build_tiny_tokenizer
+
+
+__all__ = [
+    "EmptyAudioError",
+    "MediaDecodeError",
+    "NotEnoughFramesError",
+    "PlaceholderCountError",
+    "PromptTooLongError",
+    "TooManyChunksError",
+    "UniMoEBEATsFeatureExtractor",
+    "UniMoEProcessingError",
+    "UniMoEProcessor",
+    "add_custom_pipeline",
+    "build_processor",
+    "build_tiny_tokenizer",
+    "save_processor",
+    "save_tiny_processor",
+]

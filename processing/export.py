@@ -1,0 +1,111 @@
+# Copyright 2026 The uni-moe developers. Licensed under the Apache License, Version 2.0.
+"""Writing the processor side of a Hub folder (not uploaded itself).
+
+    from modeling_unimoe.processing.export import save_tiny_processor, add_custom_pipeline
+    model.save_pretrained(folder)                 # config.json, weights, modeling files
+    save_tiny_processor(model.config, folder)     # tokenizer, processor_config.json, chat_template.jinja,
+                                                  # processing_unimoe.py
+    add_custom_pipeline(folder)                   # pipeline_unimoe.py + config.json `custom_pipelines`
+
+`save_processor(config, tokenizer, folder)` does the same for any tokenizer (e.g. a converted model's LLaMA tokenizer
+with `<image>`, `<audio>`, `<video>` added).
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+from .processing_unimoe import UniMoEProcessor
+from .tiny_tokenizer import TINY_SPECIAL_TOKENS, build_tiny_tokenizer
+
+
+PROCESSING_DIR = Path(__file__).parent
+CHAT_TEMPLATE_FILE = PROCESSING_DIR / "chat_template.jinja"
+PIPELINE_FILE = PROCESSING_DIR / "pipeline_unimoe.py"
+PIPELINE_TASK = "unimoe-any-to-text"
+# config.json entry declaring the pipeline (the file pipeline_unimoe.py must sit next to it)
+CUSTOM_PIPELINES = {
+    PIPELINE_TASK: {
+        "impl": "pipeline_unimoe.UniMoEPipeline",
+        "pt": ["AutoModelForCausalLM"],
+        "tf": [],
+        "type": "multimodal",
+    }
+}
+_SOUND_PLACEHOLDER_LINE = "{%- set sound_placeholder = '<sound>' -%}"
+
+
+def chat_template_for(config, tokenizer=None) -> str:
+    """chat_template.jinja for a model: `{"type": "sound"}` blocks render as `<sound>` in models with both a speech and
+    a sound tower, and as the sound path's own placeholder (`<audio>` in the released audio variant) otherwise."""
+    template = CHAT_TEMPLATE_FILE.read_text(encoding="utf-8")
+    if _SOUND_PLACEHOLDER_LINE not in template:
+        raise RuntimeError(f"{CHAT_TEMPLATE_FILE} lost its line {_SOUND_PLACEHOLDER_LINE!r}.")
+    sound_id = getattr(config, "sound_token_id", None)
+    has_speech = getattr(config, "speech_config", None) is not None
+    if sound_id is not None and not has_speech and tokenizer is not None:
+        placeholder = tokenizer.convert_ids_to_tokens(int(sound_id))
+        template = template.replace(_SOUND_PLACEHOLDER_LINE, f"{{%- set sound_placeholder = '{placeholder}' -%}}")
+    return template
+
+
+def build_processor(config, tokenizer) -> UniMoEProcessor:
+    """The processor of a model config, with the chat template (also set on the tokenizer)."""
+    template = chat_template_for(config, tokenizer)
+    tokenizer.chat_template = template
+    return UniMoEProcessor.from_config(config, tokenizer, chat_template=template)
+
+
+def save_processor(config, tokenizer, out_dir) -> UniMoEProcessor:
+    """Write tokenizer files, processor_config.json (with the AutoProcessor auto_map), chat_template.jinja and
+    processing_unimoe.py into `out_dir`, so `AutoProcessor.from_pretrained(out_dir, trust_remote_code=True)` works."""
+    processor = build_processor(config, tokenizer)
+    UniMoEProcessor.register_for_auto_class("AutoProcessor")
+    processor.save_pretrained(str(out_dir))
+    return processor
+
+
+def build_tiny_processor_tokenizer(config):
+    """The tiny tokenizer, checked against the config's placeholder ids and context length."""
+    text_config = config.get_text_config()
+    tokenizer = build_tiny_tokenizer(model_max_length=text_config.max_position_embeddings)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(TINY_SPECIAL_TOKENS[3:])})
+    if len(tokenizer) != text_config.vocab_size:
+        raise ValueError(
+            f"The tiny tokenizer has {len(tokenizer)} tokens but the config's vocab is {text_config.vocab_size}."
+        )
+    placeholders = set(TINY_SPECIAL_TOKENS[3:])
+    for name in ("image_token_id", "audio_token_id", "video_token_id", "sound_token_id"):
+        token_id = getattr(config, name)
+        if token_id is not None and tokenizer.convert_ids_to_tokens(token_id) not in placeholders:
+            raise ValueError(
+                f"config.{name} = {token_id} is {tokenizer.convert_ids_to_tokens(token_id)!r} in the tiny tokenizer, "
+                f"not one of the placeholders {sorted(placeholders)} (ids 3..6)."
+            )
+    return tokenizer
+
+
+def save_tiny_processor(config, out_dir) -> UniMoEProcessor:
+    """The processor files of the `tiny` preset (its own 512-token BPE) for `config`, into `out_dir`."""
+    return save_processor(config, build_tiny_processor_tokenizer(config), out_dir)
+
+
+def add_custom_pipeline(out_dir) -> None:
+    """Copy pipeline_unimoe.py into `out_dir` and declare it in its config.json (`custom_pipelines`)."""
+    out_dir = Path(out_dir)
+    config_path = out_dir / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["custom_pipelines"] = CUSTOM_PIPELINES
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    shutil.copyfile(PIPELINE_FILE, out_dir / PIPELINE_FILE.name)
+
+
+__all__ = [
+    "CUSTOM_PIPELINES",
+    "PIPELINE_TASK",
+    "add_custom_pipeline",
+    "build_processor",
+    "chat_template_for",
+    "save_processor",
+    "save_tiny_processor",
+]
