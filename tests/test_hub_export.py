@@ -18,6 +18,8 @@ from modeling_unimoe import UniMoEForCausalLM
 
 REPO = Path(__file__).resolve().parents[1]
 HUB_FILES = [REPO / "modeling_unimoe" / "configuration_unimoe.py", REPO / "modeling_unimoe" / "modeling_unimoe.py"]
+# the processor side may also use numpy and PIL (transformers' own processors need them)
+PROCESSOR_HUB_FILES = [REPO / "processing" / "processing_unimoe.py", REPO / "processing" / "pipeline_unimoe.py"]
 
 
 def test_save_load_round_trip_is_exact(tmp_path, tiny_model):
@@ -50,9 +52,11 @@ def test_saved_folder_has_auto_map_and_code(tmp_path, tiny_model):
     assert "model.language_model.layers.0.mlp.gate.weight" in keys
 
 
-@pytest.mark.parametrize("file", HUB_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("file", HUB_FILES + PROCESSOR_HUB_FILES, ids=lambda p: p.name)
 def test_hub_files_import_only_torch_transformers_stdlib_and_siblings(file):
     allowed = {"torch", "transformers"} | set(sys.stdlib_module_names)
+    if file in PROCESSOR_HUB_FILES:
+        allowed |= {"numpy", "PIL"}
     for node in ast.walk(ast.parse(file.read_text())):
         if isinstance(node, ast.Import):
             roots = [alias.name.split(".")[0] for alias in node.names]
