@@ -124,6 +124,9 @@ def test_folder_contents(parity):
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "generation_config.json", "README.md", "tokenizer.json", "tokenizer_config.json"} <= names
     assert {"configuration_unimoe.py", "modeling_unimoe.py", "model.safetensors.index.json"} <= names
+    assert {"processor_config.json", "chat_template.jinja", "processing_unimoe.py"} <= names
+    processor_config = json.loads((out / "processor_config.json").read_text())
+    assert processor_config["auto_map"]["AutoProcessor"] == "processing_unimoe.UniMoEProcessor"
     for name in ("configuration_unimoe.py", "modeling_unimoe.py"):
         assert (out / name).read_text() == (REPO / "modeling_unimoe" / name).read_text()
     config = json.loads((out / "config.json").read_text())
