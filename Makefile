@@ -1,12 +1,14 @@
-# Two commands do everything on a fresh machine: `make run` (the main job) and `make test` (the test suite).
-# Both create or refresh the virtual environment at .venv first.
+# Two commands do everything on a fresh machine: `make run` (the Gradio demo on the embedded tiny model) and
+# `make test` (the test suite). Both create or refresh the virtual environment at .venv first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TINY := build/uni-moe-tiny-random
+PORT ?= 7860
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test test-slow quality style benchmarks clean
+.PHONY: run smoke test test-slow quality style benchmarks clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,11 +18,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# serves demo/app.py on checkpoints/uni-moe-tiny and prints its URL (http://127.0.0.1:$(PORT)/); Ctrl-C stops it
 run: $(STAMP)
-	$(BIN)/python -m hub_export.build --preset tiny --out $(TINY) --check
+	$(BIN)/python demo/app.py --host 127.0.0.1 --port $(PORT)
 
-test: $(STAMP)
+# builds the random tiny model, exports it as a Hub folder and loads it back through the Auto classes
+smoke: $(STAMP)
+	$(BIN)/python -m hub_export.build --preset tiny --out $(TINY) --check --overwrite
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
+
+# Debian's chromium for tests/test_demo_browser.py (skipped, with its reason, where it is missing)
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update && apt-get install -y --no-install-recommends chromium; \
+	else \
+		echo "$(CHROMIUM) is missing: tests/test_demo_browser.py will be skipped. Install it as root with" \
+			"'apt-get install chromium' (Debian / Ubuntu), then run make test again."; \
+	fi
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

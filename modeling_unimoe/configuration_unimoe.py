@@ -17,6 +17,7 @@ MOE_LAYER_PATTERNS = ("all", "even")
 VISION_CONNECTORS = ("mlp2x_gelu",)
 SPEECH_CONNECTORS = ("whisper_decoder",)
 SOUND_CONNECTORS = ("qformer",)
+VIDEO_POOLING = ("mean", "weighted")
 
 
 def _check_choice(name, value, allowed):
@@ -176,8 +177,14 @@ class UniMoEConfig(PreTrainedConfig):
         vision_feature_layer (`int`): CLIP hidden layer fed to the projector (CLS token dropped).
         projector_hidden_act (`str`): activation of the `mlp2x_gelu` vision projector.
         num_video_frames (`int`): frames sampled per video (their features are mean-pooled).
-        num_speech_query_tokens / num_sound_query_tokens (`int`): learned queries, i.e. LLM tokens per 30 s chunk.
-        max_sound_chunks (`int`): most 30 s chunks one sound is cut into.
+        video_pooling (`str`): how a video's projected frames become its tokens: "mean" (the released models; the
+            mean cannot tell a shape moving left from one moving right) or "weighted" (learned per-frame, per-channel
+            weights, initialised to the mean; the `tiny` preset uses it).
+        num_speech_query_tokens / num_sound_query_tokens (`int`): learned queries, i.e. LLM tokens per audio chunk.
+        max_sound_chunks (`int`): most chunks one sound is cut into.
+        audio_chunk_seconds (`int`): length of one audio chunk (speech and sound). The released models use 30 s,
+            Whisper's window; the Whisper encoder then has `max_source_positions = 50 * audio_chunk_seconds`. The
+            `tiny` preset uses 3 s.
         vision_connector / speech_connector / sound_connector (`str`): connector types.
     """
 
@@ -203,9 +210,11 @@ class UniMoEConfig(PreTrainedConfig):
     vision_feature_layer: int = -2
     projector_hidden_act: str = "gelu"
     num_video_frames: int = 8
+    video_pooling: str = "mean"
     num_speech_query_tokens: int = 50
     num_sound_query_tokens: int = 50
     max_sound_chunks: int = 20
+    audio_chunk_seconds: int = 30
     vision_connector: str = "mlp2x_gelu"
     speech_connector: str = "whisper_decoder"
     sound_connector: str = "qformer"
@@ -224,6 +233,7 @@ class UniMoEConfig(PreTrainedConfig):
         _check_choice("vision_connector", self.vision_connector, VISION_CONNECTORS)
         _check_choice("speech_connector", self.speech_connector, SPEECH_CONNECTORS)
         _check_choice("sound_connector", self.sound_connector, SOUND_CONNECTORS)
+        _check_choice("video_pooling", self.video_pooling, VIDEO_POOLING)
         vocab = self.text_config.vocab_size
         towers = {
             "image_token_id": self.vision_config,
@@ -241,7 +251,13 @@ class UniMoEConfig(PreTrainedConfig):
         ids = [i for i in ids if i is not None]
         if len(set(ids)) != len(ids):
             raise ValueError(f"Placeholder token ids must be distinct, got {ids}.")
-        for name in ("num_video_frames", "num_speech_query_tokens", "num_sound_query_tokens", "max_sound_chunks"):
+        for name in (
+            "num_video_frames",
+            "num_speech_query_tokens",
+            "num_sound_query_tokens",
+            "max_sound_chunks",
+            "audio_chunk_seconds",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
         if self.vision_config is not None:
@@ -251,6 +267,13 @@ class UniMoEConfig(PreTrainedConfig):
                     f"`vision_feature_layer` must index one of the {n_layers + 1} CLIP hidden states, got "
                     f"{self.vision_feature_layer}."
                 )
+        if self.speech_config is not None and self.speech_config.max_source_positions != 50 * self.audio_chunk_seconds:
+            raise ValueError(
+                f"The Whisper encoder takes {self.speech_config.max_source_positions} positions "
+                f"(`speech_config.max_source_positions`), i.e. {self.speech_config.max_source_positions / 50:g} s, but "
+                f"`audio_chunk_seconds` is {self.audio_chunk_seconds}. Set max_source_positions to 50 x "
+                f"audio_chunk_seconds = {50 * self.audio_chunk_seconds}."
+            )
         if self.speech_config is not None and self.num_speech_query_tokens > self.speech_config.max_target_positions:
             raise ValueError(
                 f"`num_speech_query_tokens` ({self.num_speech_query_tokens}) exceeds the Whisper decoder's "
@@ -268,12 +291,15 @@ class UniMoEConfig(PreTrainedConfig):
     def from_preset(cls, name: str, **kwargs) -> "UniMoEConfig":
         """Build the configuration of a released Uni-MoE variant, or the `tiny` test model.
 
-        Keyword arguments override top-level fields (e.g. `from_preset("tiny", num_video_frames=4)`).
+        Keyword arguments override top-level fields (e.g. `from_preset("tiny", num_video_frames=4)`);
+        `audio_chunk_seconds` also sets the preset's Whisper `max_source_positions` to match.
         """
         if name not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}. Available presets: {sorted(PRESETS)}.")
         preset = copy.deepcopy(PRESETS[name])
         preset.update(kwargs)
+        if "audio_chunk_seconds" in kwargs and isinstance(preset.get("speech_config"), dict):
+            preset["speech_config"]["max_source_positions"] = 50 * int(kwargs["audio_chunk_seconds"])
         return cls(**preset)
 
 
@@ -417,6 +443,7 @@ PRESETS = {
         "video_token_id": 5,
         "sound_token_id": 6,
         "num_video_frames": 8,
+        "video_pooling": "weighted",
         "num_speech_query_tokens": 8,
         "num_sound_query_tokens": 8,
     },

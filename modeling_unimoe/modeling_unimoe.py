@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
@@ -36,6 +37,19 @@ from .configuration_unimoe import UniMoEConfig, UniMoETextConfig
 
 
 logger = logging.get_logger(__name__)
+
+# transformers 5.24 renamed `past_key_values` to `cache` in every layer's forward: the LLaMA layers reused here would
+# silently ignore the KV cache this file passes them. Fail loudly instead.
+_SUPPORTED_TRANSFORMERS = ((5, 23), (5, 24))
+if (
+    not _SUPPORTED_TRANSFORMERS[0]
+    <= tuple(int(p) for p in transformers.__version__.split(".")[:2])
+    < _SUPPORTED_TRANSFORMERS[1]
+):
+    raise ImportError(
+        f"Uni-MoE's modeling code needs transformers >=5.23,<5.24; this environment has transformers "
+        f"{transformers.__version__}. Install it with `pip install 'transformers>=5.23,<5.24'`."
+    )
 
 # The transformers Auto classes a saved folder maps to this file (written into config.json on save).
 AUTO_MAP = {
@@ -126,6 +140,13 @@ class UniMoESparseMoeBlock(nn.Module):
         batch_size, seq_len, hidden_size = hidden_states.shape
         hidden_states = hidden_states.reshape(-1, hidden_size)  # [tokens, hidden]
         router_logits, routing_weights, selected_experts = self.route(hidden_states)
+
+        if hidden_states.shape[0] == 1:  # one token (batch-1 decoding): its k experts, nothing to sort or scatter
+            output = sum(
+                self.experts[e](hidden_states) * routing_weights[:, j : j + 1]
+                for j, e in enumerate(selected_experts[0].tolist())
+            )
+            return output.view(batch_size, seq_len, hidden_size), router_logits
 
         flat_experts = selected_experts.reshape(-1)  # [tokens * k]
         order = flat_experts.argsort(stable=True)  # assignments grouped by expert
@@ -435,7 +456,10 @@ class UniMoEBEATsModel(nn.Module):
 
 
 class UniMoEMultiModalProjector(nn.Module):
-    """`mlp2x_gelu`: Linear(vision hidden -> LLM hidden), GELU, Linear(LLM hidden -> LLM hidden)."""
+    """`mlp2x_gelu`: Linear(vision hidden -> LLM hidden), GELU, Linear(LLM hidden -> LLM hidden).
+
+    With `config.video_pooling="weighted"` it also holds the learned per-frame, per-channel weights that pool a
+    video's projected frames (initialised to the mean; not in the released models)."""
 
     def __init__(self, config: UniMoEConfig):
         super().__init__()
@@ -443,6 +467,8 @@ class UniMoEMultiModalProjector(nn.Module):
         self.linear_1 = nn.Linear(config.vision_config.hidden_size, hidden_size)
         self.act = ACT2FN[config.projector_hidden_act]
         self.linear_2 = nn.Linear(hidden_size, hidden_size)
+        if config.video_pooling == "weighted":
+            self.frame_weights = nn.Parameter(torch.zeros(config.num_video_frames, hidden_size))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear_2(self.act(self.linear_1(features)))
@@ -500,9 +526,11 @@ class UniMoEPreTrainedModel(PreTrainedModel):
         "UniMoEBEATsEncoderLayer",
     ]
     _skip_keys_device_placement = ["past_key_values"]
-    # routers stay in full precision: never quantized, upcast under fp16 (bitsandbytes' CPU kernels also need
-    # out_features divisible by their block size, which a 4- or 8-expert router is not)
-    _keep_in_fp32_modules = ["mlp.gate"]
+    # Never quantized (bitsandbytes & co. skip these; lm_head is skipped by transformers' default) and upcast to fp32
+    # under a float16 load only: the routers (bitsandbytes' CPU kernels also need out_features divisible by their block
+    # size, which a 4- or 8-expert router is not), and the towers and connectors (small next to the experts). Patterns
+    # match from the start of a module name, with or without the `model.` prefix of UniMoEForCausalLM.
+    _keep_in_fp32_modules = ["mlp.gate", r"(?:model\.)?(?:vision|speech|sound)_(?:tower|projector|connector)"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
@@ -513,6 +541,8 @@ class UniMoEPreTrainedModel(PreTrainedModel):
         std = self.config.get_text_config().initializer_range
         if isinstance(module, (UniMoESpeechConnector, UniMoESoundConnector)):
             init.normal_(module.query_tokens, mean=0.0, std=std)
+        elif isinstance(module, UniMoEMultiModalProjector) and hasattr(module, "frame_weights"):
+            init.constant_(module.frame_weights, 1.0 / module.frame_weights.shape[0])  # the mean over frames
         elif isinstance(module, UniMoEBEATsMultiheadAttention) and module.grep_a is not None:
             init.ones_(module.grep_a)
         elif isinstance(module, UniMoEBEATsPositionalConv):
@@ -703,13 +733,22 @@ class UniMoEModel(UniMoEPreTrainedModel):
         return self.vision_projector(features)
 
     def get_video_features(self, pixel_values_videos: torch.FloatTensor) -> torch.Tensor:
-        """[videos, frames, 3, H, W] -> [videos, patches, hidden]: each frame through the image path, then the mean over
-        frames."""
-        self._require("vision_tower", "pixel_values_videos", "vision_config")
+        """[videos, frames, 3, H, W] -> [videos, patches, hidden]: each frame through the image path, then pooled over
+        frames: the mean (`config.video_pooling="mean"`, the released models), or a learned per-frame, per-channel
+        weighting (`"weighted"`), which can tell the frames' order."""
         num_videos, num_frames = pixel_values_videos.shape[:2]
-        frames = pixel_values_videos.flatten(0, 1)  # [videos * frames, 3, H, W]
-        features = self.get_image_features(frames)  # [videos * frames, patches, hidden]
-        return features.view(num_videos, num_frames, *features.shape[1:]).mean(dim=1)
+        features = self.get_image_features(pixel_values_videos.flatten(0, 1))  # [videos * frames, patches, hidden]
+        features = features.view(num_videos, num_frames, *features.shape[1:])
+        frame_weights = getattr(self.vision_projector, "frame_weights", None)
+        if frame_weights is None:
+            return features.mean(dim=1)
+        if num_frames != frame_weights.shape[0]:
+            raise ValueError(
+                f"`pixel_values_videos` has {num_frames} frames per video, but this model learned its frame weights for "
+                f"exactly {frame_weights.shape[0]} (`config.num_video_frames`). Sample {frame_weights.shape[0]} "
+                "frames per video (the processor does)."
+            )
+        return (features * frame_weights[None, :, None, :].to(features.dtype)).sum(dim=1)
 
     def get_speech_features(self, input_features: torch.FloatTensor) -> torch.Tensor:
         """[chunks, mel_bins, 3000] Whisper log-mel of 30 s chunks -> [chunks, num_speech_query_tokens, hidden]."""

@@ -15,8 +15,8 @@ Placeholders and what fills them (each expands to the number of LLM positions it
 |-------------|-----------|------------------------------------------------------|-----------------------------------------|
 | `<image>`   | `images`  | `pixel_values` [images, 3, S, S]                     | `image_seq_length`                      |
 | `<video>`   | `videos`  | `pixel_values_videos` [videos, frames, 3, S, S]      | `image_seq_length` (frames mean-pooled) |
-| `<audio>`   | `audio`   | `input_features` [chunks, mels, 3000] (Whisper)      | `num_speech_query_tokens` per 30 s      |
-| `<sound>`   | `sound`   | `sound_features` [chunks, 2998, 128] + mask (BEATs)  | `num_sound_query_tokens` per 30 s       |
+| `<audio>`   | `audio`   | `input_features` [chunks, mels, 3000] (Whisper)      | `num_speech_query_tokens` per chunk    |
+| `<sound>`   | `sound`   | `sound_features` [chunks, 2998, 128] + mask (BEATs)  | `num_sound_query_tokens` per chunk     |
 
 A model without a speech tower (the released BEATs "audio" variant) sends `<audio>` / `audio=` to the sound path.
 Rows of every media tensor follow the text: all media of sample 0 in text order, then sample 1, and so on.
@@ -82,7 +82,7 @@ class NotEnoughFramesError(MediaDecodeError):
 
 
 class TooManyChunksError(UniMoEProcessingError):
-    """A sound is longer than `max_sound_chunks` x 30 s (and `truncate_sound=True` was not asked for)."""
+    """A sound is longer than `max_sound_chunks` chunks (and `truncate_sound=True` was not asked for)."""
 
 
 class PromptTooLongError(UniMoEProcessingError):
@@ -504,9 +504,9 @@ def _cached_mel_banks(num_mel_bins: int) -> torch.Tensor:
 
 
 class UniMoEBEATsFeatureExtractor(SequenceFeatureExtractor):
-    r"""BEATs inputs for Uni-MoE's sound path: 16 kHz audio cut into 30 s chunks of exactly 480,000 samples (the last
-    zero-padded), each turned into a 128-bin kaldi fbank of `waveform * 2**15` (2998 frames). The fbank is NOT
-    normalised: the model's BEATs applies (fbank - 15.41663) / (2 * 6.55582) itself.
+    r"""BEATs inputs for Uni-MoE's sound path: 16 kHz audio cut into chunks of `chunk_samples` (30 s: 480,000 samples,
+    the last zero-padded), each turned into a 128-bin kaldi fbank of `waveform * 2**15` (2998 frames per 30 s).
+    The fbank is NOT normalised: the model's BEATs applies (fbank - 15.41663) / (2 * 6.55582) itself.
 
     Returns `sound_features` [chunks, 2998, 128], `sound_features_mask` [chunks, 2998] (1 = frame of real audio: a
     frame is padding when all 160 samples of its hop are padding, as the original BEATs' sample-mask downsampling
@@ -550,13 +550,16 @@ class UniMoEBEATsFeatureExtractor(SequenceFeatureExtractor):
             if chunks > self.max_chunks:
                 seconds = wave.numel() / self.sampling_rate
                 if not truncation:
+                    chunk, most = self.chunk_samples / self.sampling_rate, self.max_chunks * self.chunk_samples
                     raise TooManyChunksError(
-                        f"Sound {index} lasts {seconds:.1f} s, i.e. {chunks} chunks of 30 s, but the sound path takes at "
-                        f"most {self.max_chunks} chunks ({self.max_chunks * 30} s). Cut it, or pass "
-                        "`truncate_sound=True` to keep its first "
-                        f"{self.max_chunks * 30} s."
+                        f"Sound {index} lasts {seconds:.1f} s, i.e. {chunks} chunks of {chunk:g} s, but the sound path "
+                        f"takes at most {self.max_chunks} chunks ({most / self.sampling_rate:g} s). Cut it, or pass "
+                        f"`truncate_sound=True` to keep its first {most / self.sampling_rate:g} s."
                     )
-                logger.warning(f"Sound {index} ({seconds:.1f} s) is truncated to its first {self.max_chunks * 30} s.")
+                logger.warning(
+                    f"Sound {index} ({seconds:.1f} s) is truncated to its first "
+                    f"{self.max_chunks * self.chunk_samples / self.sampling_rate:g} s."
+                )
                 chunks, wave = self.max_chunks, wave[: self.max_chunks * self.chunk_samples]
             counts.append(chunks)
             for start in range(0, chunks * self.chunk_samples, self.chunk_samples):
@@ -650,7 +653,8 @@ class UniMoEProcessor(ProcessorMixin):
 
     Args:
         image_processor (`CLIPImageProcessor`, *optional*): defaults to CLIP ViT-L/14-336's settings.
-        feature_extractor (`WhisperFeatureExtractor`, *optional*): defaults to whisper-small's (80 mel bins).
+        feature_extractor (`WhisperFeatureExtractor`, *optional*): defaults to whisper-small's (80 mel bins, 30 s).
+            Its `chunk_length` is the audio chunk of both audio paths (the config's `audio_chunk_seconds`).
         tokenizer: the model's tokenizer, with the placeholder strings below as single (special) tokens.
         chat_template (`str`, *optional*): the vicuna_v1 template (chat_template.jinja).
         image_token / video_token / audio_token / sound_token (`str` or `None`): placeholder strings. `audio_token`
@@ -658,10 +662,10 @@ class UniMoEProcessor(ProcessorMixin):
             `sound_token` feeds the sound path in models that have both. `None` turns a placeholder off.
         image_seq_length (`int`, *optional*): tokens per image and per video (None: the model has no vision tower).
         num_video_frames (`int`): frames sampled per video.
-        num_speech_query_tokens (`int`, *optional*): tokens per 30 s of speech (None: no speech tower).
-        num_sound_query_tokens (`int`, *optional*): tokens per 30 s of sound (None: no sound tower).
-        max_sound_chunks (`int`): most 30 s chunks per sound. Longer sounds raise `TooManyChunksError` unless the call
-            passes `truncate_sound=True`, which keeps the first `max_sound_chunks` x 30 s.
+        num_speech_query_tokens (`int`, *optional*): tokens per audio chunk of speech (None: no speech tower).
+        num_sound_query_tokens (`int`, *optional*): tokens per audio chunk of sound (None: no sound tower).
+        max_sound_chunks (`int`): most chunks per sound. Longer sounds raise `TooManyChunksError` unless the call
+            passes `truncate_sound=True`, which keeps the first `max_sound_chunks` chunks.
         context_length (`int`, *optional*): the model's context (max_position_embeddings); longer prompts raise
             `PromptTooLongError` unless the call asks for truncation (`truncation=True`, `max_length=`).
     """
@@ -708,7 +712,9 @@ class UniMoEProcessor(ProcessorMixin):
             )
         super().__init__(image_processor, feature_extractor, tokenizer, chat_template=chat_template)
         # built from the init kwargs (not a saved sub-processor): BEATs' fbank has no settings of its own
-        self.sound_feature_extractor = UniMoEBEATsFeatureExtractor(max_chunks=max_sound_chunks)
+        self.sound_feature_extractor = UniMoEBEATsFeatureExtractor(
+            chunk_samples=feature_extractor.n_samples, max_chunks=max_sound_chunks
+        )
         # placeholder kind -> (text token, token id, tokens per item or per chunk)
         self._placeholders = {}
         for kind, token, count in (
@@ -764,7 +770,9 @@ class UniMoEProcessor(ProcessorMixin):
         kwargs = dict(
             image_processor=make_clip_image_processor(vision.image_size if vision is not None else 336),
             feature_extractor=WhisperFeatureExtractor(
-                feature_size=speech.num_mel_bins if speech is not None else 80, sampling_rate=SAMPLING_RATE
+                feature_size=speech.num_mel_bins if speech is not None else 80,
+                sampling_rate=SAMPLING_RATE,
+                chunk_length=getattr(config, "audio_chunk_seconds", CHUNK_SECONDS),
             ),
             tokenizer=tokenizer,
             chat_template=chat_template,
@@ -814,13 +822,13 @@ class UniMoEProcessor(ProcessorMixin):
             videos: one video or a list of videos: file paths / URLs (decoded with PyAV), lists of frames or 4-D
                 arrays. `num_video_frames` frames are sampled uniformly.
             audio: one waveform or a list: arrays / tensors (with `sampling_rate`), `{"array", "sampling_rate"}`
-                dicts or audio files (wav, flac, mp3, ...). Resampled to 16 kHz mono, cut into 30 s chunks.
+                dicts or audio files (wav, flac, mp3, ...). Resampled to 16 kHz mono, cut into chunks (30 s in the released models).
             sound: the same, for `<sound>` (models with both a speech and a sound tower).
             sampling_rate (`int`, *optional*): rate of the raw arrays in `audio` / `sound` (16000 if not given).
             return_tensors (`str`, *optional*): "pt" or "np".
             padding, truncation, max_length, padding_side, add_special_tokens, return_offsets_mapping, ...:
                 passed to the tokenizer. Truncation that would cut media placeholders raises `PromptTooLongError`.
-            truncate_sound (`bool`, default False): keep the first `max_sound_chunks` x 30 s of longer sounds instead
+            truncate_sound (`bool`, default False): keep the first `max_sound_chunks` chunks of longer sounds instead
                 of raising `TooManyChunksError`.
             short_video (`"error"` or `"repeat"`, default "error"): what to do with videos shorter than
                 `num_video_frames` frames.
@@ -925,7 +933,8 @@ class UniMoEProcessor(ProcessorMixin):
     def _speech_features(self, waves):
         chunks, counts = [], []
         for wave in waves:
-            pieces = [wave[start : start + CHUNK_SAMPLES] for start in range(0, len(wave), CHUNK_SAMPLES)]
+            size = self.feature_extractor.n_samples
+            pieces = [wave[start : start + size] for start in range(0, len(wave), size)]
             chunks += pieces
             counts.append(len(pieces))
         features = self.feature_extractor(

@@ -46,12 +46,36 @@ def test_feature_shapes(tiny_model):
         assert sound.shape == (2, config.num_sound_query_tokens, hidden)
 
 
-def test_video_is_the_frame_mean_of_the_image_path(tiny_model):
+def test_video_is_the_frame_mean_of_the_image_path_as_released():
+    """The released models mean-pool the frames' image features: the frame order is lost."""
+    torch.manual_seed(0)
+    model = UniMoEForCausalLM(UniMoEConfig.from_preset("tiny", video_pooling="mean")).eval()
+    video = torch.randn(2, model.config.num_video_frames, 3, 64, 64)
+    with torch.no_grad():
+        got = model.model.get_video_features(video)
+        frames = torch.stack([model.model.get_image_features(v) for v in video])  # [2, frames, patches, hidden]
+        reversed_order = model.model.get_video_features(video.flip(1))
+    assert not hasattr(model.model.vision_projector, "frame_weights")
+    torch.testing.assert_close(got, frames.mean(dim=1))
+    torch.testing.assert_close(reversed_order, got)
+
+
+def test_weighted_video_pooling_starts_as_the_mean_and_can_learn_the_frame_order(tiny_model):
+    model = tiny_model.model
+    assert tiny_model.config.video_pooling == "weighted"
     video = torch.randn(2, tiny_model.config.num_video_frames, 3, 64, 64)
     with torch.no_grad():
-        got = tiny_model.model.get_video_features(video)
-        frames = torch.stack([tiny_model.model.get_image_features(v) for v in video])  # [2, frames, patches, hidden]
-    torch.testing.assert_close(got, frames.mean(dim=1))
+        frames = torch.stack([model.get_image_features(v) for v in video])  # [2, frames, patches, hidden]
+        torch.testing.assert_close(model.get_video_features(video), frames.mean(dim=1))
+        model.vision_projector.frame_weights.copy_(torch.linspace(-1, 1, 8)[:, None].expand(8, 64))
+        got = model.get_video_features(video)
+        reversed_order = model.get_video_features(video.flip(1))
+    torch.testing.assert_close(got, (frames * torch.linspace(-1, 1, 8)[None, :, None, None]).sum(1))
+    torch.testing.assert_close(reversed_order, -got)
+    with pytest.raises(
+        ValueError, match=r"has 4 frames per video, but this model learned its frame weights for exactly 8"
+    ):
+        model.get_video_features(video[:, :4])
 
 
 def test_speech_chunks_are_encoded_independently(tiny_model):

@@ -1,0 +1,224 @@
+# Copyright 2026 The uni-moe developers. Licensed under the Apache License, Version 2.0.
+"""Evaluate an exported Uni-MoE folder on the synthetic task suite, and report expert routing per modality.
+
+    python -m modeling_unimoe.training.evaluate checkpoints/uni-moe-tiny --split test
+    python -m modeling_unimoe.training.evaluate checkpoints/uni-moe-tiny --split test --routing --out build/eval
+
+The folder is loaded through `AutoModelForCausalLM` / `AutoProcessor` with `trust_remote_code=True`; answers are
+greedy and scored by exact match of the normalised answer (`synthetic.is_correct`). Writes `eval.json` (per-task and
+per-modality accuracy, every prediction) and prints a markdown table. `--routing` also writes `routing.json` (per
+MoE layer, the share of each modality's token-expert assignments that go to each expert: the paper's expert
+preference analysis) and `routing.png` (heat maps). Tokens counted: those after the prompt prefix that every
+example shares (the system prompt), i.e. the user turn with its media placeholders and the question.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .collator import record_modality, record_to_messages
+from .synthetic import MODALITY, TASKS, is_correct, load_split, write_split
+
+
+MODALITIES = ("image", "video", "speech", "sound", "text")
+
+
+def load_folder(folder, dtype=torch.float32):
+    """Model and processor of an exported folder, through the Auto classes with remote code."""
+    from transformers import AutoModelForCausalLM, AutoProcessor
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), trust_remote_code=True, dtype=dtype).eval()
+    processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=True)
+    return model, processor
+
+
+def test_records(data, split: str = "test", n_per_task: int = 50, seed: int = 0, tasks=TASKS):
+    """The split's records (written with `write_split` first if missing)."""
+    data = Path(data)
+    if not (data / f"{split}.json").is_file():
+        write_split(data, split, n_per_task, seed)
+    dataset = load_split(data, split)
+    return [row for row in dataset if row["task"] in tasks]
+
+
+def _prompt_batch(processor, records):
+    conversations = [record_to_messages(record, with_answer=False) for record in records]
+    return processor.apply_chat_template(
+        conversations,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs={"padding": True, "padding_side": "left"},
+    )
+
+
+@torch.no_grad()
+def predict(model, processor, records, batch_size: int = 16, max_new_tokens: int = 6) -> list[str]:
+    """Greedy answers, in batches of one task (left padding)."""
+    predictions = [None] * len(records)
+    by_task: dict[str, list[int]] = {}
+    for index, record in enumerate(records):
+        by_task.setdefault(record["task"], []).append(index)
+    for indices in by_task.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            batch = _prompt_batch(processor, [records[i] for i in chunk])
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+            texts = processor.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            for i, text in zip(chunk, texts, strict=True):
+                predictions[i] = text.strip()
+    return predictions
+
+
+def accuracy_report(records, predictions) -> dict:
+    per_task, per_modality = {}, {}
+    for record, prediction in zip(records, predictions, strict=True):
+        ok = is_correct(prediction, record["answer"])
+        for table, key in ((per_task, record["task"]), (per_modality, MODALITY[record["task"]])):
+            entry = table.setdefault(key, {"correct": 0, "n": 0})
+            entry["correct"] += int(ok)
+            entry["n"] += 1
+    for table in (per_task, per_modality):
+        for entry in table.values():
+            entry["accuracy"] = entry["correct"] / entry["n"]
+    accuracies = [entry["accuracy"] for entry in per_modality.values()]
+    return {
+        "per_task": {task: per_task[task] for task in TASKS if task in per_task},
+        "per_modality": {m: per_modality[m] for m in MODALITIES if m in per_modality},
+        "mean_task_accuracy": sum(e["accuracy"] for e in per_task.values()) / len(per_task),
+        "min_task_accuracy": min(e["accuracy"] for e in per_task.values()),
+        "modality_spread": max(accuracies) - min(accuracies),
+    }
+
+
+def markdown_table(report: dict) -> str:
+    lines = ["| task | modality | accuracy | n |", "| --- | --- | ---: | ---: |"]
+    for task, entry in report["per_task"].items():
+        lines.append(f"| {task} | {MODALITY[task]} | {100 * entry['accuracy']:.1f}% | {entry['n']} |")
+    lines.append(f"| **mean** | | {100 * report['mean_task_accuracy']:.1f}% | |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------------ routing
+
+
+@torch.no_grad()
+def routing_report(model, processor, records, per_modality: int = 16) -> dict:
+    """Per MoE layer and modality, the share of top-k assignments that go to each expert."""
+    text_config = model.config.get_text_config()
+    layers = text_config.moe_layer_indices
+    if not layers:
+        raise ValueError("This model has no MoE layers: there is no routing to report.")
+    num_experts, top_k = text_config.num_experts, text_config.num_experts_per_tok
+    chosen: dict[str, list] = {}
+    for record in records:
+        modality = record_modality(record)
+        if len(chosen.setdefault(modality, [])) < per_modality:
+            chosen[modality].append(record)
+    prefix = None  # the prompt prefix every example shares (system prompt)
+    encoded = {}
+    for modality, group in chosen.items():
+        encoded[modality] = [_prompt_batch(processor, [record]) for record in group]
+        for batch in encoded[modality]:
+            ids = batch["input_ids"][0].tolist()
+            if prefix is None:
+                prefix = ids
+            n = 0
+            while n < min(len(prefix), len(ids)) and prefix[n] == ids[n]:
+                n += 1
+            prefix = prefix[:n]
+    counts = {m: torch.zeros(len(layers), num_experts) for m in encoded}
+    for modality, batches in encoded.items():
+        for batch in batches:
+            out = model(**batch, output_router_logits=True, use_cache=False)
+            for slot, logits in enumerate(out.router_logits):  # [tokens, E]
+                selected = logits.float().topk(top_k, dim=-1).indices[len(prefix) :]
+                counts[modality][slot] += torch.bincount(selected.reshape(-1), minlength=num_experts).float()
+    shares = {m: (c / c.sum(-1, keepdim=True).clamp_min(1)).tolist() for m, c in counts.items()}
+    return {
+        "moe_layers": layers,
+        "num_experts": num_experts,
+        "top_k": top_k,
+        "examples_per_modality": {m: len(g) for m, g in chosen.items()},
+        "tokens": "after the shared system-prompt prefix",
+        "share": {m: {str(layer): row for layer, row in zip(layers, shares[m], strict=True)} for m in shares},
+    }
+
+
+def plot_routing(report: dict, path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modalities = [m for m in MODALITIES if m in report["share"]]
+    layers = report["moe_layers"]
+    fig, axes = plt.subplots(1, len(layers), figsize=(2.2 + 1.6 * len(layers) * report["num_experts"] / 4, 3.2),
+                             squeeze=False)  # fmt: skip
+    for ax, layer in zip(axes[0], layers, strict=True):
+        grid = torch.tensor([report["share"][m][str(layer)] for m in modalities])
+        ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
+        ax.set_title(f"layer {layer}")
+        ax.set_xticks(range(report["num_experts"]))
+        ax.set_xlabel("expert")
+        ax.set_yticks(range(len(modalities)))
+        ax.set_yticklabels(modalities if layer == layers[0] else [])
+        for (row, col), value in ((rc, grid[rc].item()) for rc in [(r, c) for r in range(grid.shape[0])
+                                                                     for c in range(grid.shape[1])]):  # fmt: skip
+            ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if value < 0.5 else "black")  # fmt: skip
+    fig.suptitle("Share of each modality's token assignments per expert")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def evaluate(folder, data="build/tiny/data", split="test", out=None, n_per_task=50, routing=False, tasks=TASKS,
+             batch_size=16, log=print) -> dict:  # fmt: skip
+    folder = Path(folder)
+    out = Path(out) if out is not None else folder / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    model, processor = load_folder(folder)
+    records = test_records(data, split, n_per_task, tasks=tasks)
+    start = time.time()
+    predictions = predict(model, processor, records, batch_size=batch_size)
+    report = {"folder": str(folder), "split": split, **accuracy_report(records, predictions)}
+    report["seconds"] = round(time.time() - start, 1)
+    report["predictions"] = [
+        {"id": r["id"], "task": r["task"], "answer": r["answer"], "prediction": p}
+        for r, p in zip(records, predictions, strict=True)
+    ]
+    (out / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
+    log(markdown_table(report))
+    log(f"Wrote {out / 'eval.json'}")
+    if routing and model.config.get_text_config().moe_layer_indices:
+        routes = routing_report(model, processor, records)
+        (out / "routing.json").write_text(json.dumps(routes, indent=1) + "\n")
+        plot_routing(routes, out / "routing.png")
+        log(f"Wrote {out / 'routing.json'} and {out / 'routing.png'}")
+        report["routing"] = routes
+    return report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", help="an exported Hub folder (config.json, weights, processor files)")
+    parser.add_argument("--data", default="build/tiny/data", help="folder of the synthetic splits (written if missing)")
+    parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    parser.add_argument("--n-per-task", type=int, default=50, help="examples per task when the split is written")
+    parser.add_argument("--out", default=None, help="output folder (default: FOLDER/eval)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--routing", action="store_true", help="also write routing.json and routing.png")
+    args = parser.parse_args(argv)
+    evaluate(args.folder, args.data, args.split, args.out, args.n_per_task, args.routing, batch_size=args.batch_size)
+
+
+if __name__ == "__main__":
+    main()

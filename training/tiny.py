@@ -1,0 +1,136 @@
+# Copyright 2026 The uni-moe developers. Licensed under the Apache License, Version 2.0.
+"""Uni-MoE-Tiny: the three progressive stages for the `tiny` preset on CPU, then a Hub folder.
+
+    python -m modeling_unimoe.training.tiny                      # -> checkpoints/uni-moe-tiny/
+    python -m modeling_unimoe.training.tiny --evaluate           # then the test-split accuracy table
+
+Writes the synthetic data once (seeded) under `build/tiny/data`, runs recipes/tiny/stage{1,2,3}.yaml (stage outputs
+under `build/tiny/`), and exports the merged stage-3 model with its processor and pipeline to `--out`, as
+`hub_export.build` writes a folder. Prints the time of each stage.
+
+The tiny model has no pretrained weights at all: its CLIP, Whisper and BEATs towers and its LLM start random. The
+tiny recipes therefore also train the LLM in stage 1 and the vision tower in stage 2 (vision expert), where the paper
+keeps pretrained parts frozen. Stage 1 keeps every tower frozen: training a random tower before the LLM reads its
+features collapses them (seen here: CLIP features of different images became near-identical). The speech and sound
+towers stay frozen (random) throughout and their outputs are cached, because their ~1500 positions per 30 s chunk
+dominate the CPU budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from .synthetic import MODALITY, TASKS, write_split
+from .train import load_recipe, run_stage
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
+# training examples per task: the audio tasks cost most (feature extraction and the frozen-tower pass), the others
+# are cheap
+TRAIN_PER_TASK = {"image": 600, "video": 600, "text": 600, "speech": 300, "sound": 150}
+TEST_PER_TASK = 50
+
+
+def write_data(data: Path, seed: int = 0, train_per_task=None, test_per_task: int = TEST_PER_TASK, log=print):
+    """build/tiny/data/{train,test}.json (+ media), written once: per-modality sizes need one write_split per size,
+    merged into one JSON with paths relative to `data`."""
+    train_per_task = {**TRAIN_PER_TASK, **(train_per_task or {})}
+    data = Path(data)
+    if not (data / "train.json").is_file():
+        start = time.time()
+        records = []
+        for size in sorted(set(train_per_task.values())):
+            tasks = [t for t in TASKS if train_per_task[MODALITY[t]] == size]
+            part = data / f"n{size}"
+            write_split(part, "train", size, seed, tasks=tasks)
+            for record in json.loads((part / "train.json").read_text()):
+                for key in ("image", "video", "voice"):
+                    if key in record:
+                        record[key] = f"{part.name}/{record[key]}"
+                records.append(record)
+        (data / "train.json").write_text(json.dumps(records, indent=1) + "\n")
+        log(f"[data] train: {len(records)} records in {time.time() - start:.1f} s")
+    if not (data / "test.json").is_file():
+        start = time.time()
+        write_split(data, "test", test_per_task, seed)
+        log(f"[data] test: {test_per_task} per task in {time.time() - start:.1f} s")
+    return data
+
+
+def stage_recipes(work: Path, recipes: Path = RECIPES, overrides=()) -> list[dict]:
+    """The three tiny recipes, with paths moved under `work` and `stageN.key=value` overrides applied."""
+    data = str(work / "data")
+    out = []
+    for stage in (1, 2, 3):
+        mine = [o.split(".", 1)[1] for o in overrides if o.startswith(f"stage{stage}.")]
+        recipe = load_recipe(recipes / f"stage{stage}.yaml", mine)
+        recipe["data"] = {**recipe.get("data", {}), "path": data}
+        recipe["data"].pop("generate", None)
+        recipe["output_dir"] = str(work / f"stage{stage}")
+        if stage == 2:
+            recipe["model"] = {"init": str(work / "stage1")}
+        if stage == 3:
+            experts = recipe["moe"]["sources"]
+            recipe["moe"]["base"] = str(work / "stage1")
+            recipe["moe"]["sources"] = {name: str(work / "stage2" / name) for name in experts}
+        out.append(recipe)
+    return out
+
+
+def export(stage3: Path, out: Path) -> Path:
+    """Copy the stage-3 folder (without its checkpoints) to `out`, atomically."""
+    from hub_export._io import atomic_output_dir
+
+    with atomic_output_dir(out, overwrite=True) as tmp:
+        for path in Path(stage3).iterdir():
+            if path.is_file():
+                shutil.copy2(path, tmp / path.name)
+    return out
+
+
+def run(out="checkpoints/uni-moe-tiny", work="build/tiny", seed=0, overrides=(), evaluate=False, log=print) -> dict:
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    work, out = Path(work), Path(out)
+    times = {}
+    start = time.time()
+    write_data(work / "data", seed, log=log)
+    times["data"] = time.time() - start
+    for recipe in stage_recipes(work, overrides=overrides):
+        begin = time.time()
+        if recipe["stage"] in (2, 3):
+            shutil.rmtree(recipe["output_dir"], ignore_errors=True)  # fresh checkpoints: no stale resume
+        run_stage(recipe, log=log)
+        name = f"stage{recipe['stage']}"
+        times[name] = time.time() - begin
+        log(f"[tiny] {name} took {times[name]:.1f} s")
+    export(work / "stage3", out)
+    times["total"] = time.time() - start
+    log("[tiny] " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; exported {out}")
+    (work / "times.json").write_text(json.dumps(times, indent=1) + "\n")
+    result = {"times": times, "folder": str(out)}
+    if evaluate:
+        from .evaluate import evaluate as run_eval
+
+        result["eval"] = run_eval(out, work / "data", "test", out=work / "eval", routing=True, log=log)
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="checkpoints/uni-moe-tiny", help="the exported Hub folder")
+    parser.add_argument("--work", default="build/tiny", help="data and stage outputs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--evaluate", action="store_true", help="evaluate the exported folder on the test split")
+    parser.add_argument("overrides", nargs="*", help="stageN.dotted.key=value, e.g. stage1.training.num_train_epochs=3")
+    args = parser.parse_args(argv)
+    run(args.out, args.work, args.seed, args.overrides, args.evaluate)
+
+
+if __name__ == "__main__":
+    main()
