@@ -179,7 +179,8 @@ class UniMoEConfig(PreTrainedConfig):
         num_video_frames (`int`): frames sampled per video (their features are mean-pooled).
         video_pooling (`str`): how a video's projected frames become its tokens: "mean" (the released models; the
             mean cannot tell a shape moving left from one moving right) or "weighted" (learned per-frame, per-channel
-            weights, initialised to the mean; the `tiny` preset uses it).
+            weights, initialised to a mean tilted towards the last frames in half of the channels and the first
+            frames in the others; the `tiny` preset uses it).
         num_speech_query_tokens / num_sound_query_tokens (`int`): learned queries, i.e. LLM tokens per audio chunk.
         max_sound_chunks (`int`): most chunks one sound is cut into.
         audio_chunk_seconds (`int`): length of one audio chunk (speech and sound). The released models use 30 s,
@@ -417,6 +418,9 @@ PRESETS = {
             "num_mel_bins": 80,
             "max_source_positions": 1500,
             "max_target_positions": 32,
+            # the tiny towers train from scratch: with Whisper's 0.02 the random encoder's output is ~98 % its position
+            # embeddings and the query transformer's output barely depends on the audio
+            "init_std": 0.1,
         },
         "audio_config": {
             "embed_dim": 64,
@@ -436,6 +440,7 @@ PRESETS = {
             "num_attention_heads": 4,
             "intermediate_size": 128,
             "encoder_hidden_size": 64,
+            "initializer_range": 0.1,  # as the speech path's init_std
         },
         # ids 0-2 are <unk>/<pad>, <s>, </s>; the placeholders follow
         "image_token_id": 3,

@@ -459,7 +459,7 @@ class UniMoEMultiModalProjector(nn.Module):
     """`mlp2x_gelu`: Linear(vision hidden -> LLM hidden), GELU, Linear(LLM hidden -> LLM hidden).
 
     With `config.video_pooling="weighted"` it also holds the learned per-frame, per-channel weights that pool a
-    video's projected frames (initialised to the mean; not in the released models)."""
+    video's projected frames (not in the released models)."""
 
     def __init__(self, config: UniMoEConfig):
         super().__init__()
@@ -542,7 +542,14 @@ class UniMoEPreTrainedModel(PreTrainedModel):
         if isinstance(module, (UniMoESpeechConnector, UniMoESoundConnector)):
             init.normal_(module.query_tokens, mean=0.0, std=std)
         elif isinstance(module, UniMoEMultiModalProjector) and hasattr(module, "frame_weights"):
-            init.constant_(module.frame_weights, 1.0 / module.frame_weights.shape[0])  # the mean over frames
+            # a mean over frames (every channel's weights sum to 1), tilted towards the last frames in even channels
+            # and the first frames in odd ones, so that the frame order shows from the first step
+            frames, channels = module.frame_weights.shape
+            ramp = (
+                torch.linspace(-1.0, 1.0, frames)[:, None]
+                * torch.tensor([1.0, -1.0]).repeat(channels // 2 + 1)[:channels]
+            )
+            init.copy_(module.frame_weights, (1.0 + ramp) / frames)
         elif isinstance(module, UniMoEBEATsMultiheadAttention) and module.grep_a is not None:
             init.ones_(module.grep_a)
         elif isinstance(module, UniMoEBEATsPositionalConv):

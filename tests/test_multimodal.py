@@ -60,13 +60,17 @@ def test_video_is_the_frame_mean_of_the_image_path_as_released():
     torch.testing.assert_close(reversed_order, got)
 
 
-def test_weighted_video_pooling_starts_as_the_mean_and_can_learn_the_frame_order(tiny_model):
+def test_weighted_video_pooling_tells_the_frame_order(tiny_model):
     model = tiny_model.model
     assert tiny_model.config.video_pooling == "weighted"
     video = torch.randn(2, tiny_model.config.num_video_frames, 3, 64, 64)
+    weights = model.vision_projector.frame_weights
+    torch.testing.assert_close(weights.sum(0), torch.ones(weights.shape[1]))  # a (tilted) mean at init
     with torch.no_grad():
         frames = torch.stack([model.get_image_features(v) for v in video])  # [2, frames, patches, hidden]
-        torch.testing.assert_close(model.get_video_features(video), frames.mean(dim=1))
+        got = model.get_video_features(video)
+        torch.testing.assert_close(got, (frames * weights[None, :, None, :]).sum(1))
+        assert (model.get_video_features(video.flip(1)) - got).abs().max() > 1e-3
         model.vision_projector.frame_weights.copy_(torch.linspace(-1, 1, 8)[:, None].expand(8, 64))
         got = model.get_video_features(video)
         reversed_order = model.get_video_features(video.flip(1))
