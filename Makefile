@@ -47,9 +47,13 @@ quality: $(STAMP)
 style: $(STAMP)
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
+# each appends (or replaces) its section of benchmarks/RESULTS.md; run them on an otherwise idle machine
 benchmarks: $(STAMP)
-	$(BIN)/python -m benchmarks.moe_block
-	$(BIN)/python -m benchmarks.generate
+	$(BIN)/python -m benchmarks.moe_block --out benchmarks/RESULTS.md
+	$(BIN)/python -m benchmarks.generate --out benchmarks/RESULTS.md
+	$(BIN)/python -m benchmarks.train --out benchmarks/RESULTS.md
+	$(BIN)/python -m benchmarks.quantize --out benchmarks/RESULTS.md
+	$(BIN)/python -m benchmarks.convert --out benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) build

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from ._common import replace_markdown_section
+
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
@@ -115,12 +117,7 @@ def main(argv=None):
     text = "\n".join(table)
     print(text)
     if not args.no_write:
-        existing = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-        if HEADER in existing:  # replace the previous table
-            head, _, tail = existing.partition(HEADER)
-            rest = tail.split("\n## ", 1)
-            existing = head + (("## " + rest[1]) if len(rest) > 1 else "")
-        RESULTS.write_text(existing.rstrip("\n") + "\n\n" + text)
+        replace_markdown_section(RESULTS, text)
 
 
 _PROBE = """

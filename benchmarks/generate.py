@@ -26,7 +26,15 @@ from transformers import MixtralConfig, MixtralForCausalLM
 from modeling_unimoe.configuration_unimoe import UniMoEConfig, UniMoETextConfig
 from modeling_unimoe.modeling_unimoe import UniMoEForCausalLM
 
-from ._common import append_markdown, fix_threads, interleaved, machine_line, markdown_table, measure_quietly, median
+from ._common import (
+    fix_threads,
+    interleaved,
+    machine_line,
+    markdown_table,
+    measure_quietly,
+    median,
+    replace_markdown_section,
+)
 
 
 HEADER = "## Generation (issue 2)"
@@ -194,6 +202,8 @@ def run(args) -> str:
     ]
     text = "\n".join(
         [
+            HEADER,
+            "",
             f"`python -m benchmarks.generate{' --quick' if args.quick else ''}`: "
             "greedy generation, batch 1, "
             f"{args.prompt_tokens}-token random prompt, {n} new tokens (min_new_tokens = max_new_tokens), fp32; model "
@@ -214,7 +224,7 @@ def run(args) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: 32-token prompt, 16 new tokens, 2 rounds")
-    parser.add_argument("--out", help="append the markdown table to this file")
+    parser.add_argument("--out", help="write the section into this markdown file")
     parser.add_argument("--mixtral-impls", default="eager", help="Mixtral experts implementations besides the default")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -237,7 +247,7 @@ def main(argv=None):
     print()
     print(text)
     if args.out:
-        append_markdown(args.out, text)
+        replace_markdown_section(args.out, text)
 
 
 if __name__ == "__main__":

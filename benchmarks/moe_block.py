@@ -27,13 +27,13 @@ from modeling_unimoe.configuration_unimoe import UniMoETextConfig
 from modeling_unimoe.modeling_unimoe import UniMoESparseMoeBlock
 
 from ._common import (
-    append_markdown,
     fix_threads,
     interleaved,
     machine_line,
     markdown_table,
     measure_quietly,
     median,
+    replace_markdown_section,
     rounds_for,
 )
 
@@ -249,6 +249,8 @@ def run(args) -> str:
     check_rows = [r + ["-"] * (len(check_cols) - len(r)) for r in checks]
     text = "\n".join(
         [
+            HEADER,
+            "",
             f"`python -m benchmarks.moe_block{' --quick' if args.quick else ''}`: "
             f"`UniMoESparseMoeBlock` vs transformers' `MixtralSparseMoeBlock` with the same weights, H={H}, F={F}, "
             f"E={E}, top-{K}, fp32, batch 1; forward under no_grad, forward+backward into the input and all "
@@ -274,7 +276,7 @@ def run(args) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: 1/16/512 tokens, a few rounds")
-    parser.add_argument("--out", help="append the markdown table to this file")
+    parser.add_argument("--out", help="write the section into this markdown file")
     parser.add_argument("--sizes", help="comma-separated token counts (default 1,16,512,4096)")
     parser.add_argument("--impls", default=",".join(IMPLS), help="Mixtral experts implementations to compare")
     parser.add_argument("--hidden", type=int, default=512)
@@ -299,7 +301,7 @@ def main(argv=None):
     print()
     print(text)
     if args.out:
-        append_markdown(args.out, text)
+        replace_markdown_section(args.out, text)
 
 
 if __name__ == "__main__":

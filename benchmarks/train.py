@@ -19,7 +19,7 @@ from transformers import MixtralConfig, MixtralForCausalLM
 from modeling_unimoe import UniMoEConfig, UniMoEForCausalLM, UniMoETextConfig
 from modeling_unimoe.training.stages import apply_lora
 
-from ._common import append_markdown, fix_threads, machine_line, markdown_table, measure_quietly, median
+from ._common import fix_threads, machine_line, markdown_table, measure_quietly, median, replace_markdown_section
 
 
 HEADER = "## Stage-3 training (issue 5)"
@@ -144,7 +144,7 @@ def main(argv=None):
     )
     print(text)
     if args.out:
-        append_markdown(args.out, text)
+        replace_markdown_section(args.out, text)
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ class UniMoESparseMoeBlock(nn.Module):
 
     def route(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """[tokens, hidden] -> router logits [tokens, E], routing weights [tokens, k], selected experts [tokens, k]."""
-        router_logits = self.gate(hidden_states)
+        router_logits = self.gate(hidden_states.to(self.gate.weight.dtype))  # the router may be kept in fp32
         top_logits, selected_experts = torch.topk(router_logits.float(), self.top_k, dim=-1)
         routing_weights = top_logits.softmax(dim=-1)
         if self.capacity_factor is not None:

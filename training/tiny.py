@@ -20,18 +20,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+import yaml
 
 from .synthetic import MODALITY, TASKS, write_split
 from .train import load_recipe, run_stage
 
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
-# training examples per task: the audio tasks cost most (feature extraction and the frozen-tower pass), the others
-# are cheap
-TRAIN_PER_TASK = {"image": 600, "video": 600, "text": 600, "speech": 300, "sound": 150}
+# training examples per task (any modality can be given its own size)
+TRAIN_PER_TASK = {"image": 600, "video": 600, "text": 600, "speech": 600, "sound": 600}
 TEST_PER_TASK = 50
 
 
@@ -81,6 +85,38 @@ def stage_recipes(work: Path, recipes: Path = RECIPES, overrides=()) -> list[dic
     return out
 
 
+def run_experts_in_parallel(recipe: dict, workers: int, log=print) -> None:
+    """Stage 2's experts are independent dense models: train them in `workers` processes at once, one CPU thread each
+    (a tiny model's ops are too small to gain from more threads), largest data first. Each writes its log to
+    `output_dir/NAME.log`."""
+    out = Path(recipe["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    recipe_file = out / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    pending, running = list(recipe["experts"]), {}
+    while pending or running:
+        while pending and len(running) < workers:
+            name = pending.pop(0)
+            log_file = open(out / f"{name}.log", "w")  # noqa: SIM115 (closed when the process ends)
+            command = [sys.executable, "-m", "modeling_unimoe.training.train", str(recipe_file), f"only={name}"]
+            running[name] = (subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env), log_file)
+            log(f"[stage 2] {name}: started (log {out / f'{name}.log'})")
+        time.sleep(1)
+        for name, (process, log_file) in list(running.items()):
+            if process.poll() is None:
+                continue
+            log_file.close()
+            del running[name]
+            if process.returncode != 0:
+                for other, _ in running.values():
+                    other.kill()
+                tail = (out / f"{name}.log").read_text()[-3000:]
+                raise RuntimeError(f"Stage 2 expert {name!r} failed (exit {process.returncode}):\n{tail}")
+            summary = json.loads((out / name / "train_summary.json").read_text())
+            log(f"[stage 2] {name}: {summary['steps']} steps, loss {summary['loss']:.4f}, {summary['seconds']} s")
+
+
 def export(stage3: Path, out: Path) -> Path:
     """Copy the stage-3 folder (without its checkpoints) to `out`, atomically."""
     from hub_export._io import atomic_output_dir
@@ -92,11 +128,11 @@ def export(stage3: Path, out: Path) -> Path:
     return out
 
 
-def run(out="checkpoints/uni-moe-tiny", work="build/tiny", seed=0, overrides=(), evaluate=False, log=print) -> dict:
-    import torch
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+def run(
+    out="checkpoints/uni-moe-tiny", work="build/tiny", seed=0, overrides=(), evaluate=False, workers=None, log=print
+) -> dict:
     work, out = Path(work), Path(out)
+    workers = workers or os.cpu_count() or 1
     times = {}
     start = time.time()
     write_data(work / "data", seed, log=log)
@@ -105,7 +141,10 @@ def run(out="checkpoints/uni-moe-tiny", work="build/tiny", seed=0, overrides=(),
         begin = time.time()
         if recipe["stage"] in (2, 3):
             shutil.rmtree(recipe["output_dir"], ignore_errors=True)  # fresh checkpoints: no stale resume
-        run_stage(recipe, log=log)
+        if recipe["stage"] == 2 and workers > 1:
+            run_experts_in_parallel(recipe, workers, log=log)
+        else:
+            run_stage(recipe, log=log)
         name = f"stage{recipe['stage']}"
         times[name] = time.time() - begin
         log(f"[tiny] {name} took {times[name]:.1f} s")
@@ -127,9 +166,12 @@ def main(argv=None):
     parser.add_argument("--work", default="build/tiny", help="data and stage outputs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--evaluate", action="store_true", help="evaluate the exported folder on the test split")
-    parser.add_argument("overrides", nargs="*", help="stageN.dotted.key=value, e.g. stage1.training.num_train_epochs=3")
+    parser.add_argument("--workers", type=int, default=None, help="stage-2 experts trained at once (default: cores)")
+    parser.add_argument(
+        "overrides", nargs="*", help="stageN.dotted.key=value, e.g. stage1.training.num_train_epochs=3"
+    )
     args = parser.parse_args(argv)
-    run(args.out, args.work, args.seed, args.overrides, args.evaluate)
+    run(args.out, args.work, args.seed, args.overrides, args.evaluate, args.workers)
 
 
 if __name__ == "__main__":
