@@ -35,7 +35,7 @@ from .train import load_recipe, run_stage
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 # training examples per task (any modality can be given its own size)
-TRAIN_PER_TASK = {"image": 600, "video": 600, "text": 600, "speech": 600, "sound": 600}
+TRAIN_PER_TASK = {"image": 600, "video": 1200, "text": 600, "speech": 600, "sound": 600}
 TEST_PER_TASK = 50
 
 

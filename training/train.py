@@ -12,8 +12,8 @@ A recipe (paths relative to the working directory) holds:
             config: {audio_chunk_seconds: 3}}           # from_preset overrides (a preset start only)
     data: {path: build/tiny/data, split: train, modalities: [image, ...], generate: {n_per_task: 200, seed: 0}}
     extra_trainable: [towers]                           # on top of the stage's own (tiny towers are untrained)
-    experts: {vision: [image, video], speech: {modalities: [speech], training: {num_train_epochs: 8}}}
-                                                        # stage 2: one dense model per entry, trained on its data
+    experts: {vision: [image, video], speech: {modalities: [speech], training: {num_train_epochs: 8},
+              extra_trainable: [towers]}}          # stage 2: one dense model per entry, trained on its data
     moe: {base: FOLDER, sources: {name: FOLDER}, experts: [name, ...], moe_layers: all, top_k: 2,
           router_aux_loss_coef: 0.01}                   # stage 3
     lora: {r: 8, alpha: 16, dropout: 0.05, targets: [q_proj, ...], modules_to_save: []}   # stage 3
@@ -251,17 +251,17 @@ def run_stage(recipe: dict, log=print) -> list[Path]:
         for name, spec in runs.items():
             if only is not None and name not in ([only] if isinstance(only, str) else only):
                 continue
-            run_recipe = recipe
-            modalities = spec
-            if isinstance(spec, dict):  # {modalities: [...], training: {...}}: per-expert TrainingArguments
+            run_recipe, modalities, run_extra = recipe, spec, extra
+            if isinstance(spec, dict):  # {modalities, training, extra_trainable}: per-expert settings
                 modalities = spec.get("modalities")
                 run_recipe = {**recipe, "training": {**(recipe.get("training") or {}), **(spec.get("training") or {})}}
+                run_extra = spec.get("extra_trainable", extra) or []
             torch.manual_seed(seed)
             model = load_model(init, preset_overrides=preset_overrides)
             if model.config.text_config.moe_layer_indices:
                 raise ValueError(f"Stages 1 and 2 train a dense model; {init} has MoE layers.")
             processor = _processor_for(model, init)
-            counts = freeze_for_stage(model, stage, extra=extra, modalities=modalities)
+            counts = freeze_for_stage(model, stage, extra=run_extra, modalities=modalities)
             log(f"[stage {stage}] {name or 'all'}: trainable {counts}")
             target = out if name is None else out / name
             trainer = _train(model, processor, run_recipe, target, modalities, log)

@@ -1,0 +1,1143 @@
+# Copyright 2026 The uni-moe developers. Licensed under the Apache License, Version 2.0.
+"""Uni-MoE processor: text, image, video, speech and sound in, model inputs out.
+
+This file is uploaded to the Hub next to `modeling_unimoe.py` and loaded with `trust_remote_code=True`: it imports only
+torch, numpy, PIL, transformers and the standard library. Decoding audio and video files needs `soundfile` and/or `av`
+(PyAV); they are imported when a file is decoded, with an error naming the package if missing.
+
+    processor = AutoProcessor.from_pretrained("path/to/uni-moe", trust_remote_code=True)
+    inputs = processor(text="USER: <image>\nWhat is this? ASSISTANT:", images=image, return_tensors="pt")
+    output_ids = model.generate(**inputs, max_new_tokens=20)
+
+Placeholders and what fills them (each expands to the number of LLM positions its features take):
+
+| text        | argument  | model input                                          | tokens                                  |
+|-------------|-----------|------------------------------------------------------|-----------------------------------------|
+| `<image>`   | `images`  | `pixel_values` [images, 3, S, S]                     | `image_seq_length`                      |
+| `<video>`   | `videos`  | `pixel_values_videos` [videos, frames, 3, S, S]      | `image_seq_length` (frames mean-pooled) |
+| `<audio>`   | `audio`   | `input_features` [chunks, mels, 3000] (Whisper)      | `num_speech_query_tokens` per chunk    |
+| `<sound>`   | `sound`   | `sound_features` [chunks, 2998, 128] + mask (BEATs)  | `num_sound_query_tokens` per chunk     |
+
+A model without a speech tower (the released BEATs "audio" variant) sends `<audio>` / `audio=` to the sound path.
+Rows of every media tensor follow the text: all media of sample 0 in text order, then sample 1, and so on.
+
+Every input problem raises a `UniMoEProcessingError` (a `ValueError`) naming what was received, what was expected and
+how to fix it; its subclasses tell the cases apart.
+"""
+
+import functools
+import importlib
+import io
+import math
+import os
+import re
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import WhisperFeatureExtractor
+from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+from transformers.utils import logging
+
+
+try:  # the PIL backend needs no torchvision (which does not install beside every torch)
+    from transformers import CLIPImageProcessorPil as _CLIPImageProcessor
+except ImportError:  # older transformers: the only CLIP image processor
+    from transformers import CLIPImageProcessor as _CLIPImageProcessor
+
+
+logger = logging.get_logger(__name__)
+
+SAMPLING_RATE = 16_000
+CHUNK_SECONDS = 30
+CHUNK_SAMPLES = SAMPLING_RATE * CHUNK_SECONDS  # 480,000: one Whisper / BEATs input
+MIN_SAMPLING_RATE, MAX_SAMPLING_RATE = 1_000, 384_000
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+# --- errors ---------------------------------------------------------------------------------------------------------
+class UniMoEProcessingError(ValueError):
+    """Base class of every input error the Uni-MoE processor raises (a `ValueError`)."""
+
+
+class PlaceholderCountError(UniMoEProcessingError):
+    """The text's media placeholders do not match the media given (or the model has no tower for a modality)."""
+
+
+class MediaDecodeError(UniMoEProcessingError):
+    """An image, audio or video could not be read or has an unusable shape, type or value."""
+
+
+class EmptyAudioError(MediaDecodeError):
+    """An audio input has no samples."""
+
+
+class NotEnoughFramesError(MediaDecodeError):
+    """A video has fewer frames than the model samples (and `short_video="repeat"` was not asked for)."""
+
+
+class TooManyChunksError(UniMoEProcessingError):
+    """A sound is longer than `max_sound_chunks` chunks (and `truncate_sound=True` was not asked for)."""
+
+
+class PromptTooLongError(UniMoEProcessingError):
+    """The expanded prompt is longer than the model's context, or truncation would cut media placeholders."""
+
+
+# --- reading media ----------------------------------------------------------------------------------------------------
+def _optional_module(name: str, purpose: str):
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        pip_name = {"av": "av", "soundfile": "soundfile"}.get(name, name)
+        raise ImportError(
+            f"{purpose} needs the `{name}` package, which is not installed. Install it with `pip install {pip_name}`, "
+            "or pass the decoded media (arrays / PIL images) instead of a file."
+        ) from None
+
+
+def _is_url(value) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
+
+
+def _is_path_like(value) -> bool:
+    return isinstance(value, (str, os.PathLike))
+
+
+def _describe(value) -> str:
+    """A short description of an input for error messages."""
+    if isinstance(value, (str, os.PathLike)):
+        return repr(str(value))
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return f"{type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
+    if isinstance(value, Image.Image):
+        return f"PIL image {value.size[0]}x{value.size[1]} mode {value.mode}"
+    if isinstance(value, (bytes, bytearray)):
+        return f"{len(value)} bytes"
+    return type(value).__name__
+
+
+def _open_source(source, what: str):
+    """A path (str) or a file object for `source`: a path, an http(s) URL (fetched) or raw bytes."""
+    if isinstance(source, (bytes, bytearray)):
+        return io.BytesIO(bytes(source))
+    if _is_url(source):
+        try:
+            with urllib.request.urlopen(source, timeout=30) as response:
+                return io.BytesIO(response.read())
+        except Exception as error:
+            raise MediaDecodeError(f"Could not download {what} from {source!r}: {error}.") from None
+    path = Path(source)
+    if not path.is_file():
+        reason = "it is a directory" if path.is_dir() else "no such file"
+        raise MediaDecodeError(f"Could not read {what} {str(source)!r}: {reason}. Pass an existing file path.")
+    return str(path)
+
+
+def _array_to_pil(array, what: str) -> Image.Image:
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array)
+    if array.size == 0:
+        raise MediaDecodeError(f"{what} is an empty array (shape {array.shape}); expected an image with pixels.")
+    if array.ndim == 3 and array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
+        array = array.transpose(1, 2, 0)  # CHW -> HWC
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))):
+        raise MediaDecodeError(
+            f"{what} has shape {array.shape}; expected (height, width), (height, width, 1|3|4) or (1|3|4, height, "
+            "width)."
+        )
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise MediaDecodeError(f"{what} contains NaN or infinite values; expected finite pixel values.")
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise MediaDecodeError(
+                f"{what} is a float array with values in [{low:.3g}, {high:.3g}]; float images must lie in [0, 1]. "
+                "Pass uint8 pixels (0..255) or divide by 255."
+            )
+        array = np.round(array * 255.0).astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.integer):
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 255:
+            raise MediaDecodeError(
+                f"{what} is an integer array with values in [{low}, {high}]; expected uint8 pixels in 0..255."
+            )
+        array = array.astype(np.uint8)
+    else:
+        raise MediaDecodeError(f"{what} has dtype {array.dtype}; expected uint8 or float pixels.")
+    image = Image.fromarray(np.ascontiguousarray(array))
+    return image.convert("RGB")
+
+
+def load_image(image, what: str = "image") -> Image.Image:
+    """An RGB PIL image from a PIL image, an array / tensor (HWC or CHW, uint8 or float in [0, 1]), a file path, an
+    http(s) URL, bytes or a `{"path": ...}` / `{"bytes": ...}` dict. Raises `MediaDecodeError` naming `what`."""
+    if isinstance(image, dict):
+        image = image.get("bytes") or image.get("path") or image.get("url") or image.get("image")
+    if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise MediaDecodeError(f"{what} has size {image.size}; expected an image with pixels.")
+        return image.convert("RGB")
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        return _array_to_pil(image, what)
+    if _is_path_like(image) or isinstance(image, (bytes, bytearray)):
+        source = _open_source(image, what)
+        try:
+            with Image.open(source) as opened:
+                opened.load()
+                return opened.convert("RGB")
+        except Exception as error:  # PIL raises many types on corrupt data
+            name = _describe(image)
+            raise MediaDecodeError(
+                f"Could not decode {what} ({name}) as an image: {type(error).__name__}: {error}. Expected a readable "
+                "image file (PNG, JPEG, ...)."
+            ) from None
+    raise MediaDecodeError(
+        f"{what} is a {type(image).__name__}; expected a PIL image, a numpy array / torch tensor, a file path or URL."
+    )
+
+
+def resample_audio(waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLING_RATE) -> np.ndarray:
+    """Band-limited resampling (Hann-windowed sinc, 6 zero crossings, cutoff 0.99 x the lower Nyquist rate), for any
+    pair of integer rates. Output length is ceil(len * target_sr / orig_sr)."""
+    if orig_sr == target_sr or waveform.size == 0:
+        return waveform.astype(np.float32, copy=False)
+    zero_crossings, rolloff = 6, 0.99
+    x = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float64))
+    beta = rolloff * min(orig_sr, target_sr) / orig_sr  # cutoff in cycles per input sample, times 2
+    half_width = math.ceil(zero_crossings / beta)  # kernel half width in input samples
+    num_out = math.ceil(len(x) * target_sr / orig_sr)
+    taps = torch.arange(-half_width, half_width + 1, dtype=torch.int64)  # [taps]
+    padded = torch.nn.functional.pad(x, (half_width, half_width + 1))
+    out = torch.empty(num_out, dtype=torch.float64)
+    block = 1 << 15
+    for start in range(0, num_out, block):
+        j = torch.arange(start, min(start + block, num_out), dtype=torch.int64)
+        base = (j * orig_sr) // target_sr  # input sample at or left of each output instant
+        frac = ((j * orig_sr) % target_sr).double() / target_sr  # [n]
+        t = frac[:, None] - taps[None, :].double()  # [n, taps]: distance to each input sample
+        kernel = beta * torch.sinc(beta * t) * torch.cos(t * (math.pi * beta / (2 * zero_crossings))).pow(2)
+        kernel = kernel * ((beta * t).abs() <= zero_crossings)
+        samples = padded[(base[:, None] + taps[None, :] + half_width).clamp(0, len(padded) - 1)]  # [n, taps]
+        out[start : start + len(j)] = (samples * kernel).sum(-1)
+    return out.numpy().astype(np.float32)
+
+
+def _decode_audio_file(source, what: str) -> tuple[np.ndarray, int]:
+    """[samples, channels] float32 and the sampling rate, with soundfile (wav, flac, ogg, mp3) or else PyAV."""
+    errors = []
+    try:
+        soundfile = importlib.import_module("soundfile")
+    except ImportError:
+        soundfile = None
+    if soundfile is not None:
+        try:
+            if hasattr(source, "seek"):
+                source.seek(0)
+            data, rate = soundfile.read(source, dtype="float32", always_2d=True)
+            return data, int(rate)
+        except Exception as error:
+            errors.append(f"soundfile: {error}")
+    try:
+        av = importlib.import_module("av")
+    except ImportError:
+        av = None
+    if av is not None:
+        try:
+            if hasattr(source, "seek"):
+                source.seek(0)
+            return _decode_audio_with_av(av, source)
+        except MediaDecodeError:
+            raise
+        except Exception as error:
+            errors.append(f"PyAV: {type(error).__name__}: {error}")
+    if soundfile is None and av is None:
+        _optional_module("soundfile", "Decoding audio files")
+    raise MediaDecodeError(
+        f"Could not decode {what} as audio: {'; '.join(errors)}. Expected a readable audio file (wav, flac, mp3, "
+        "ogg, ...) or a waveform array with `sampling_rate`."
+    )
+
+
+def _decode_audio_with_av(av, source) -> tuple[np.ndarray, int]:
+    with av.open(source) as container:
+        if not container.streams.audio:
+            raise ValueError("the file has no audio stream")
+        stream = container.streams.audio[0]
+        converter = av.AudioResampler(format="fltp")  # planar float32, native layout and rate
+        chunks, rate = [], stream.rate
+        for frame in container.decode(stream):
+            for converted in converter.resample(frame):
+                chunks.append(converted.to_ndarray())  # [channels, samples]
+                rate = converted.sample_rate
+        for converted in converter.resample(None):
+            chunks.append(converted.to_ndarray())
+    if not chunks or rate is None:
+        return np.zeros((0, 1), np.float32), int(rate or SAMPLING_RATE)
+    return np.concatenate(chunks, axis=1).T.astype(np.float32), int(rate)
+
+
+def load_audio(audio, sampling_rate: int | None = None, what: str = "audio") -> np.ndarray:
+    """A mono float32 waveform at 16 kHz from a 1-D array / tensor / list (at `sampling_rate`, 16 kHz if None), a
+    2-D [channels, samples] or [samples, channels] array (averaged to mono), a `{"array", "sampling_rate"}` dict, a
+    file path, URL or bytes (decoded at the file's rate). Integer PCM is scaled to [-1, 1). Raises
+    `MediaDecodeError` / `EmptyAudioError` naming `what`."""
+    if isinstance(audio, dict):
+        array = audio.get("array", audio.get("raw"))
+        if array is None:
+            source = audio.get("path") or audio.get("bytes") or audio.get("url") or audio.get("audio")
+            return load_audio(source, audio.get("sampling_rate", sampling_rate), what)
+        audio, sampling_rate = array, audio.get("sampling_rate", sampling_rate)
+    if _is_path_like(audio) or isinstance(audio, (bytes, bytearray)):
+        data, rate = _decode_audio_file(_open_source(audio, what), f"{what} ({_describe(audio)})")
+        array, sampling_rate = data.T, rate  # [channels, samples]
+    elif isinstance(audio, (np.ndarray, torch.Tensor, list, tuple)):
+        if isinstance(audio, torch.Tensor):
+            audio = audio.detach().cpu().float().numpy()
+        try:
+            array = np.asarray(audio)
+        except Exception as error:
+            raise MediaDecodeError(f"{what} could not be read as an array: {error}.") from None
+        if sampling_rate is None:
+            logger.warning_once(
+                "An audio array was given without `sampling_rate`: it is taken as 16000 Hz. Pass "
+                "`sampling_rate=` to the processor to have it resampled correctly."
+            )
+            sampling_rate = SAMPLING_RATE
+    else:
+        raise MediaDecodeError(
+            f"{what} is a {type(audio).__name__}; expected a waveform array / tensor (with `sampling_rate`), a dict "
+            "with 'array' and 'sampling_rate', or an audio file path / URL."
+        )
+
+    if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, np.integer)):
+        raise MediaDecodeError(f"The sampling rate of {what} is {sampling_rate!r}; expected an integer in Hz.")
+    if not MIN_SAMPLING_RATE <= int(sampling_rate) <= MAX_SAMPLING_RATE:
+        raise MediaDecodeError(
+            f"The sampling rate of {what} is {sampling_rate} Hz; expected {MIN_SAMPLING_RATE}..{MAX_SAMPLING_RATE} Hz."
+        )
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise MediaDecodeError(f"{what} has dtype {array.dtype}; expected a numeric waveform.")
+    if np.iscomplexobj(array):
+        raise MediaDecodeError(f"{what} is complex-valued; expected a real waveform.")
+    if array.size == 0:
+        raise EmptyAudioError(f"{what} has no samples (length 0); expected at least one sample of audio.")
+    if array.ndim == 2:  # the shorter axis holds the channels
+        if min(array.shape) > 8:
+            raise MediaDecodeError(
+                f"{what} has shape {array.shape}: neither axis looks like channels (at most 8). Pass a 1-D mono "
+                "waveform or a [channels, samples] array."
+            )
+        array = array.mean(axis=0 if array.shape[0] <= array.shape[1] else 1)
+    elif array.ndim != 1:
+        raise MediaDecodeError(f"{what} has shape {array.shape}; expected a 1-D waveform (or [channels, samples]).")
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        array = array.astype(np.float64) / float(-info.min if info.min < 0 else info.max)
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise MediaDecodeError(f"{what} contains NaN or infinite samples; expected a finite waveform.")
+    return resample_audio(array, int(sampling_rate), SAMPLING_RATE)
+
+
+def sample_frame_indices(total: int, num_frames: int) -> list[int]:
+    """The reference's uniform sampling: every `total // num_frames`-th frame from frame 0 (needs total >= num_frames)."""
+    step = total // num_frames
+    return [i * step for i in range(num_frames)]
+
+
+def _short_video_indices(total: int, num_frames: int, short_video: str, what: str) -> list[int]:
+    if total == 0:
+        raise MediaDecodeError(f"{what} has no frames; expected a video with at least one decodable frame.")
+    if total >= num_frames:
+        return sample_frame_indices(total, num_frames)
+    if short_video == "repeat":
+        logger.warning(
+            f"{what} has {total} frames, fewer than the {num_frames} the model samples: frames are repeated."
+        )
+        return [i * total // num_frames for i in range(num_frames)]
+    raise NotEnoughFramesError(
+        f"{what} has {total} frames but the model samples {num_frames} frames per video. Pass a longer video, or "
+        "`short_video='repeat'` to repeat its frames evenly (each frame about num_frames / total times)."
+    )
+
+
+def _decode_video_file(source, num_frames: int, short_video: str, what: str) -> list[Image.Image]:
+    av = _optional_module("av", "Decoding video files")
+
+    def open_stream():
+        if hasattr(source, "seek"):
+            source.seek(0)
+        container = av.open(source)
+        if not container.streams.video:
+            container.close()
+            raise MediaDecodeError(f"{what} has no video stream; expected a video file (mp4, webm, avi, ...).")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        return container, stream
+
+    def decode(wanted: set[int]) -> tuple[dict[int, Image.Image], int]:
+        """The wanted frames (all frames are counted when `wanted` is empty) and the number of frames decoded."""
+        container, stream = open_stream()
+        frames, count, last = {}, 0, max(wanted) if wanted else None
+        try:
+            for frame in container.decode(stream):
+                if count in wanted:
+                    frames[count] = frame.to_image()
+                count += 1
+                if last is not None and count > last:
+                    break
+        finally:
+            container.close()
+        return frames, count
+
+    try:
+        container, stream = open_stream()
+        total = int(stream.frames or 0)
+        container.close()
+        if total <= 0:  # no frame count in the container: count by decoding
+            _, total = decode(set())
+        indices = _short_video_indices(total, num_frames, short_video, what)
+        frames, decoded = decode(set(indices))
+        if len(frames) < len(set(indices)):  # the container overstated its frame count
+            indices = _short_video_indices(decoded, num_frames, short_video, what)
+            frames, _ = decode(set(indices))
+    except UniMoEProcessingError:
+        raise
+    except Exception as error:  # FFmpeg / container errors on corrupt data
+        raise MediaDecodeError(
+            f"Could not decode {what} as a video: {type(error).__name__}: {error}. Expected a readable video file "
+            "(mp4, webm, avi, ...) or a list of frames."
+        ) from None
+    if len(frames) < len(set(indices)):
+        raise MediaDecodeError(f"Could not decode frames {sorted(set(indices) - set(frames))} of {what}.")
+    return [frames[i] for i in indices]
+
+
+def load_video(video, num_frames: int, short_video: str = "error", what: str = "video") -> list[Image.Image]:
+    """`num_frames` RGB frames sampled uniformly as in the reference (every total // num_frames-th frame from 0) from
+    a video file path / URL / bytes (decoded with PyAV), a list of frames (anything `load_image` reads) or a 4-D
+    array / tensor [frames, H, W, C] or [frames, C, H, W]."""
+    if short_video not in ("error", "repeat"):
+        raise UniMoEProcessingError(f"`short_video` must be 'error' or 'repeat', got {short_video!r}.")
+    if isinstance(video, dict):
+        video = video.get("path") or video.get("bytes") or video.get("url") or video.get("video")
+    if _is_path_like(video) or isinstance(video, (bytes, bytearray)):
+        return _decode_video_file(_open_source(video, what), num_frames, short_video, f"{what} ({_describe(video)})")
+    if isinstance(video, (np.ndarray, torch.Tensor)):
+        if video.ndim != 4:
+            raise MediaDecodeError(
+                f"{what} is an array of shape {tuple(video.shape)}; expected 4-D frames [frames, height, width, "
+                "channels] (or [frames, channels, height, width]), a list of frames or a video file."
+            )
+        frames = list(video)
+    elif isinstance(video, (list, tuple)):
+        frames = list(video)
+    else:
+        raise MediaDecodeError(
+            f"{what} is a {type(video).__name__}; expected a video file path / URL, a list of frames or a 4-D array."
+        )
+    indices = _short_video_indices(len(frames), num_frames, short_video, what)
+    loaded = {i: load_image(frames[i], f"frame {i} of {what}") for i in sorted(set(indices))}
+    return [loaded[i] for i in indices]
+
+
+# --- BEATs filterbank -------------------------------------------------------------------------------------------------
+def _kaldi_mel(freq):
+    return 1127.0 * torch.log1p(freq / 700.0)
+
+
+def kaldi_mel_banks(num_mel_bins: int = 128, fft_size: int = 512, sampling_rate: int = SAMPLING_RATE,
+                    low_freq: float = 20.0, high_freq: float = 0.0) -> torch.Tensor:  # fmt: skip
+    """Kaldi's triangular mel filters [num_mel_bins, fft_size // 2 + 1] (triangles in the mel domain, mel(f) = 1127
+    ln(1 + f / 700), no Nyquist weight); `high_freq <= 0` counts back from the Nyquist frequency."""
+    nyquist = sampling_rate / 2
+    high_freq = high_freq if high_freq > 0 else nyquist + high_freq
+    mel_low, mel_high = (
+        _kaldi_mel(torch.tensor(low_freq, dtype=torch.float64)),
+        _kaldi_mel(torch.tensor(high_freq, dtype=torch.float64)),
+    )
+    delta = (mel_high - mel_low) / (num_mel_bins + 1)
+    left = mel_low + delta * torch.arange(num_mel_bins, dtype=torch.float64)[:, None]  # [mel, 1]
+    center, right = left + delta, left + 2 * delta
+    fft_mel = _kaldi_mel(sampling_rate / fft_size * torch.arange(fft_size // 2, dtype=torch.float64))[None, :]
+    up = (fft_mel - left) / (center - left)
+    down = (right - fft_mel) / (right - center)
+    banks = torch.minimum(up, down).clamp_min(0.0)  # [mel, fft_size // 2]
+    return torch.nn.functional.pad(banks, (0, 1))  # [mel, fft_size // 2 + 1]: zero weight at Nyquist
+
+
+def kaldi_fbank(
+    waveform: torch.Tensor, num_mel_bins: int = 128, mel_banks: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Kaldi `compute-fbank-feats` defaults at 16 kHz, as torchaudio.compliance.kaldi.fbank (BEATs' preprocess): 25 ms
+    frames every 10 ms (snip edges), DC offset removed, pre-emphasis 0.97, Povey window, 512-point power spectrum,
+    log mel energies floored at float32 eps, no dither. [samples] -> [frames, num_mel_bins] float32."""
+    frame_length, frame_shift, fft_size = 400, 160, 512
+    x = waveform.to(torch.float64)
+    if x.numel() < frame_length:
+        return torch.zeros(0, num_mel_bins)
+    frames = x.unfold(0, frame_length, frame_shift)  # [frames, 400]
+    frames = frames - frames.mean(dim=1, keepdim=True)
+    previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)  # the first sample is its own predecessor
+    frames = frames - 0.97 * previous
+    frames = frames * torch.hann_window(frame_length, periodic=False, dtype=torch.float64).pow(0.85)
+    power = torch.fft.rfft(frames, n=fft_size).abs().pow(2)  # [frames, 257]
+    banks = kaldi_mel_banks(num_mel_bins, fft_size) if mel_banks is None else mel_banks
+    mel = power @ banks.T  # [frames, mel]
+    return mel.clamp_min(torch.finfo(torch.float32).eps).log().to(torch.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_mel_banks(num_mel_bins: int) -> torch.Tensor:
+    return kaldi_mel_banks(num_mel_bins)
+
+
+class UniMoEBEATsFeatureExtractor(SequenceFeatureExtractor):
+    r"""BEATs inputs for Uni-MoE's sound path: 16 kHz audio cut into chunks of `chunk_samples` (30 s: 480,000 samples,
+    the last zero-padded), each turned into a 128-bin kaldi fbank of `waveform * 2**15` (2998 frames per 30 s).
+    The fbank is NOT normalised: the model's BEATs applies (fbank - 15.41663) / (2 * 6.55582) itself.
+
+    Returns `sound_features` [chunks, 2998, 128], `sound_features_mask` [chunks, 2998] (1 = frame of real audio: a
+    frame is padding when all 160 samples of its hop are padding, as the original BEATs' sample-mask downsampling
+    gives) and `sound_chunks` (chunks per input). A sound longer than `max_chunks` chunks raises
+    `TooManyChunksError`, or keeps its first `max_chunks` chunks when called with `truncation=True`.
+    """
+
+    model_input_names = ["sound_features", "sound_features_mask"]
+
+    def __init__(self, feature_size=128, sampling_rate=SAMPLING_RATE, padding_value=0.0, chunk_samples=CHUNK_SAMPLES,
+                 max_chunks=20, waveform_scale=2**15, **kwargs):  # fmt: skip
+        super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
+        self.chunk_samples = chunk_samples
+        self.max_chunks = max_chunks
+        self.waveform_scale = waveform_scale
+
+    @property
+    def frames_per_chunk(self) -> int:
+        return 1 + (self.chunk_samples - 400) // 160
+
+    def num_chunks(self, num_samples: int) -> int:
+        return max(1, math.ceil(num_samples / self.chunk_samples))
+
+    def __call__(self, raw_audio, sampling_rate=None, truncation=False, return_tensors=None, **kwargs):
+        if sampling_rate is not None and sampling_rate != self.sampling_rate:
+            raise UniMoEProcessingError(
+                f"UniMoEBEATsFeatureExtractor expects {self.sampling_rate} Hz audio, got sampling_rate="
+                f"{sampling_rate}. Resample first (UniMoEProcessor does it for you)."
+            )
+        if isinstance(raw_audio, (np.ndarray, torch.Tensor)) and raw_audio.ndim == 1:
+            raw_audio = [raw_audio]
+        banks = _cached_mel_banks(self.feature_size)
+        features, masks, counts = [], [], []
+        for index, wave in enumerate(raw_audio):
+            wave = torch.as_tensor(np.asarray(wave, dtype=np.float32))
+            if wave.ndim != 1 or wave.numel() == 0:
+                raise EmptyAudioError(
+                    f"Sound {index} has shape {tuple(wave.shape)}; expected a non-empty 1-D waveform."
+                )
+            chunks = self.num_chunks(wave.numel())
+            if chunks > self.max_chunks:
+                seconds = wave.numel() / self.sampling_rate
+                if not truncation:
+                    chunk, most = self.chunk_samples / self.sampling_rate, self.max_chunks * self.chunk_samples
+                    raise TooManyChunksError(
+                        f"Sound {index} lasts {seconds:.1f} s, i.e. {chunks} chunks of {chunk:g} s, but the sound path "
+                        f"takes at most {self.max_chunks} chunks ({most / self.sampling_rate:g} s). Cut it, or pass "
+                        f"`truncate_sound=True` to keep its first {most / self.sampling_rate:g} s."
+                    )
+                logger.warning(
+                    f"Sound {index} ({seconds:.1f} s) is truncated to its first "
+                    f"{self.max_chunks * self.chunk_samples / self.sampling_rate:g} s."
+                )
+                chunks, wave = self.max_chunks, wave[: self.max_chunks * self.chunk_samples]
+            counts.append(chunks)
+            for start in range(0, chunks * self.chunk_samples, self.chunk_samples):
+                piece = wave[start : start + self.chunk_samples]
+                real = piece.numel()
+                piece = torch.nn.functional.pad(piece, (0, self.chunk_samples - real))
+                features.append(kaldi_fbank(piece * self.waveform_scale, self.feature_size, banks))
+                mask = torch.zeros(self.frames_per_chunk, dtype=torch.long)
+                mask[: min(self.frames_per_chunk, math.ceil(real / 160))] = 1
+                masks.append(mask)
+        data = {
+            "sound_features": torch.stack(features).numpy(),
+            "sound_features_mask": torch.stack(masks).numpy(),
+            "sound_chunks": counts,
+        }
+        return BatchFeature(data, tensor_type=return_tensors)
+
+
+# --- the processor ----------------------------------------------------------------------------------------------------
+_TEXT_KWARGS = (
+    "padding",
+    "truncation",
+    "max_length",
+    "pad_to_multiple_of",
+    "padding_side",
+    "add_special_tokens",
+    "return_attention_mask",
+    "return_offsets_mapping",
+    "return_token_type_ids",
+    "return_special_tokens_mask",
+    "return_length",
+    "verbose",
+)
+_PROCESSOR_KWARGS = (
+    "return_tensors",
+    "sampling_rate",
+    "truncate_sound",
+    "short_video",
+    "return_text_replacement_offsets",
+    "return_mm_token_type_ids",
+)
+_NESTED_KWARGS = ("text_kwargs", "audio_kwargs", "videos_kwargs", "common_kwargs")
+
+
+def _is_frame(value) -> bool:
+    return isinstance(value, Image.Image) or (isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim in (2, 3))
+
+
+def _is_single(kind: str, value) -> bool:
+    """Whether `value` is one media item of `kind` (rather than a list of items)."""
+    if value is None:
+        return False
+    if _is_path_like(value) or isinstance(value, (bytes, bytearray, dict, Image.Image)):
+        return True
+    if isinstance(value, (np.ndarray, torch.Tensor)):  # a batch only with one more dim than an item
+        return value.ndim != {"image": 4, "video": 5}.get(kind, -1)
+    if isinstance(value, (list, tuple)) and value:
+        if kind == "video":  # a video given as its frames
+            return all(_is_frame(frame) for frame in value)
+        if kind in ("audio", "sound"):  # a waveform given as a list of numbers
+            return all(isinstance(sample, (int, float, np.number)) for sample in value)
+    return False
+
+
+def _media_list(kind: str, value, num_texts: int) -> tuple[list, list[int] | None]:
+    """The items of one media argument as a flat list, plus the per-sample counts when it was given nested (one list
+    per text)."""
+    if value is None:
+        return [], None
+    if _is_single(kind, value):
+        return [value], None
+    if isinstance(value, (np.ndarray, torch.Tensor)):  # images [n, H, W, C] or videos [n, frames, H, W, C]
+        return list(value), None
+    if not isinstance(value, (list, tuple)):
+        return [value], None  # rejected with a precise message when it is read
+    items = list(value)
+    nested = (
+        len(items) == num_texts
+        and all(isinstance(item, (list, tuple)) and not _is_single(kind, item) for item in items)
+        and any(len(item) for item in items)
+    )
+    if nested:
+        return [media for sample in items for media in sample], [len(sample) for sample in items]
+    return items, None
+
+
+class UniMoEProcessor(ProcessorMixin):
+    r"""
+    Processor for Uni-MoE: the tokenizer, a CLIP image processor (images and video frames), a Whisper feature
+    extractor (speech) and a BEATs filterbank extractor (sounds) behind one call.
+
+    Args:
+        image_processor (`CLIPImageProcessor`, *optional*): defaults to CLIP ViT-L/14-336's settings.
+        feature_extractor (`WhisperFeatureExtractor`, *optional*): defaults to whisper-small's (80 mel bins, 30 s).
+            Its `chunk_length` is the audio chunk of both audio paths (the config's `audio_chunk_seconds`).
+        tokenizer: the model's tokenizer, with the placeholder strings below as single (special) tokens.
+        chat_template (`str`, *optional*): the vicuna_v1 template (chat_template.jinja).
+        image_token / video_token / audio_token / sound_token (`str` or `None`): placeholder strings. `audio_token`
+            feeds the speech path (Whisper) when `num_speech_query_tokens` is set, else the sound path (BEATs);
+            `sound_token` feeds the sound path in models that have both. `None` turns a placeholder off.
+        image_seq_length (`int`, *optional*): tokens per image and per video (None: the model has no vision tower).
+        num_video_frames (`int`): frames sampled per video.
+        num_speech_query_tokens (`int`, *optional*): tokens per audio chunk of speech (None: no speech tower).
+        num_sound_query_tokens (`int`, *optional*): tokens per audio chunk of sound (None: no sound tower).
+        max_sound_chunks (`int`): most chunks per sound. Longer sounds raise `TooManyChunksError` unless the call
+            passes `truncate_sound=True`, which keeps the first `max_sound_chunks` chunks.
+        context_length (`int`, *optional*): the model's context (max_position_embeddings); longer prompts raise
+            `PromptTooLongError` unless the call asks for truncation (`truncation=True`, `max_length=`).
+    """
+
+    def __init__(
+        self,
+        image_processor=None,
+        feature_extractor=None,
+        tokenizer=None,
+        chat_template=None,
+        image_token="<image>",
+        video_token="<video>",
+        audio_token="<audio>",
+        sound_token=None,
+        image_seq_length=None,
+        num_video_frames=8,
+        num_speech_query_tokens=None,
+        num_sound_query_tokens=None,
+        max_sound_chunks=20,
+        context_length=None,
+    ):
+        if tokenizer is None:
+            raise ValueError("UniMoEProcessor needs a tokenizer.")
+        if image_processor is None:
+            image_processor = make_clip_image_processor(336)
+        if feature_extractor is None:
+            feature_extractor = WhisperFeatureExtractor(feature_size=80, sampling_rate=SAMPLING_RATE)
+        self.image_seq_length = image_seq_length
+        self.num_video_frames = num_video_frames
+        self.num_speech_query_tokens = num_speech_query_tokens
+        self.num_sound_query_tokens = num_sound_query_tokens
+        self.max_sound_chunks = max_sound_chunks
+        self.context_length = context_length
+        self.image_token, self.video_token = image_token, video_token
+        self.audio_token, self.sound_token = audio_token, sound_token
+        if sound_token is not None and num_sound_query_tokens and not num_speech_query_tokens:
+            raise ValueError(
+                f"sound_token={sound_token!r} is only for models with both a speech and a sound tower; without a "
+                "speech tower the sound path is fed by `audio_token`. Set sound_token=None."
+            )
+        if num_video_frames < 1 or max_sound_chunks < 1:
+            raise ValueError(
+                f"num_video_frames ({num_video_frames}) and max_sound_chunks ({max_sound_chunks}) must be >= 1."
+            )
+        super().__init__(image_processor, feature_extractor, tokenizer, chat_template=chat_template)
+        # built from the init kwargs (not a saved sub-processor): BEATs' fbank has no settings of its own
+        self.sound_feature_extractor = UniMoEBEATsFeatureExtractor(
+            chunk_samples=feature_extractor.n_samples, max_chunks=max_sound_chunks
+        )
+        # placeholder kind -> (text token, token id, tokens per item or per chunk)
+        self._placeholders = {}
+        for kind, token, count in (
+            ("image", image_token, image_seq_length),
+            ("video", video_token, image_seq_length),
+            ("audio", audio_token, num_speech_query_tokens or num_sound_query_tokens),
+            ("sound", sound_token, num_sound_query_tokens),
+        ):
+            if token is None or not count:  # no placeholder, or no tower behind it
+                continue
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            encoded = tokenizer.encode(token, add_special_tokens=False)
+            if token_id is None or token_id == tokenizer.unk_token_id or encoded != [token_id]:
+                raise ValueError(
+                    f"The tokenizer does not know the placeholder {token!r} as one token (it encodes to {encoded}). "
+                    f"Add it: tokenizer.add_special_tokens({{'additional_special_tokens': [{token!r}]}})."
+                )
+            self._placeholders[kind] = (token, token_id, count)
+        self.image_token_id = self._placeholders.get("image", (None, None))[1]
+        self.video_token_id = self._placeholders.get("video", (None, None))[1]
+        self.audio_token_id = self._placeholders.get("audio", (None, None))[1]
+        self.sound_token_id = self._placeholders.get("sound", (None, None))[1]
+        ordered = sorted((entry[0] for entry in self._placeholders.values()), key=len, reverse=True)
+        self._placeholder_pattern = re.compile("|".join(re.escape(token) for token in ordered)) if ordered else None
+        self._kind_of_token = {entry[0]: kind for kind, entry in self._placeholders.items()}
+        # placeholder strings the tokenizer knows but this model cannot fill (e.g. `<sound>` without a sound tower)
+        self._disabled_tokens = {}
+        for kind, token in (("image", image_token), ("video", video_token), ("audio", audio_token),
+                            ("sound", sound_token or "<sound>")):  # fmt: skip
+            if kind in self._placeholders or not token or token in self._kind_of_token:
+                continue
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if token_id is not None and token_id != tokenizer.unk_token_id:
+                if tokenizer.encode(token, add_special_tokens=False) == [token_id]:
+                    self._disabled_tokens[token] = kind
+
+    # --- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config, tokenizer, chat_template=None, **overrides) -> "UniMoEProcessor":
+        """The processor matching a `UniMoEConfig` (or any object with its attributes): placeholder strings come from
+        the tokenizer at the config's token ids, the counts from the config, the image size from its vision config."""
+
+        def token_of(token_id):
+            return None if token_id is None else tokenizer.convert_ids_to_tokens(int(token_id))
+
+        vision = getattr(config, "vision_config", None)
+        speech = getattr(config, "speech_config", None)
+        sound = getattr(config, "audio_config", None)
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config.text_config
+        image_seq_length = None
+        if vision is not None:
+            image_seq_length = (vision.image_size // vision.patch_size) ** 2
+        kwargs = dict(
+            image_processor=make_clip_image_processor(vision.image_size if vision is not None else 336),
+            feature_extractor=WhisperFeatureExtractor(
+                feature_size=speech.num_mel_bins if speech is not None else 80,
+                sampling_rate=SAMPLING_RATE,
+                chunk_length=getattr(config, "audio_chunk_seconds", CHUNK_SECONDS),
+            ),
+            tokenizer=tokenizer,
+            chat_template=chat_template,
+            image_token=token_of(config.image_token_id) or "<image>",
+            video_token=token_of(config.video_token_id) or "<video>",
+            audio_token=token_of(config.audio_token_id if speech is not None else config.sound_token_id) or "<audio>",
+            sound_token=token_of(config.sound_token_id) if (speech is not None and sound is not None) else None,
+            image_seq_length=image_seq_length,
+            num_video_frames=config.num_video_frames,
+            num_speech_query_tokens=config.num_speech_query_tokens if speech is not None else None,
+            num_sound_query_tokens=config.num_sound_query_tokens if sound is not None else None,
+            max_sound_chunks=config.max_sound_chunks,
+            context_length=getattr(text_config, "max_position_embeddings", None),
+        )
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    @property
+    def audio_path(self) -> str | None:
+        """Where `audio=` / `<audio>` goes: "speech" (Whisper), "sound" (BEATs, models without a speech tower) or
+        None."""
+        if "audio" not in self._placeholders:
+            return None
+        return "speech" if self.num_speech_query_tokens else "sound"
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return [
+            "input_ids",
+            "attention_mask",
+            "pixel_values",
+            "pixel_values_videos",
+            "input_features",
+            "sound_features",
+            "sound_features_mask",
+        ]
+
+    # --- call ---------------------------------------------------------------------------------------------------
+    def __call__(self, images=None, text=None, videos=None, audio=None, sound=None, **kwargs) -> BatchFeature:
+        r"""
+        Tokenize `text` with its media placeholders expanded, and turn the media into model inputs.
+
+        Args:
+            images: one image or a list (flat, or one list per text) of PIL images, arrays, paths or URLs.
+            text (`str` or `list[str]`): prompts with `<image>`, `<video>`, `<audio>` (and `<sound>`) placeholders,
+                one placeholder per media item, matched in order across the batch.
+            videos: one video or a list of videos: file paths / URLs (decoded with PyAV), lists of frames or 4-D
+                arrays. `num_video_frames` frames are sampled uniformly.
+            audio: one waveform or a list: arrays / tensors (with `sampling_rate`), `{"array", "sampling_rate"}`
+                dicts or audio files (wav, flac, mp3, ...). Resampled to 16 kHz mono, cut into chunks (30 s in the released models).
+            sound: the same, for `<sound>` (models with both a speech and a sound tower).
+            sampling_rate (`int`, *optional*): rate of the raw arrays in `audio` / `sound` (16000 if not given).
+            return_tensors (`str`, *optional*): "pt" or "np".
+            padding, truncation, max_length, padding_side, add_special_tokens, return_offsets_mapping, ...:
+                passed to the tokenizer. Truncation that would cut media placeholders raises `PromptTooLongError`.
+            truncate_sound (`bool`, default False): keep the first `max_sound_chunks` chunks of longer sounds instead
+                of raising `TooManyChunksError`.
+            short_video (`"error"` or `"repeat"`, default "error"): what to do with videos shorter than
+                `num_video_frames` frames.
+            images_kwargs (`dict`, *optional*): passed to the image processor.
+
+        Returns:
+            `BatchFeature` with `input_ids`, `attention_mask` and, when given, `pixel_values`, `pixel_values_videos`,
+            `input_features`, `sound_features`, `sound_features_mask`.
+        """
+        options, text_kwargs, images_kwargs = self._split_kwargs(kwargs)
+        return_tensors = options.get("return_tensors")
+        sampling_rate = options.get("sampling_rate")
+
+        if text is None:
+            if any(media is not None for media in (images, videos, audio, sound)):
+                raise PlaceholderCountError(
+                    "Media were given without `text`. Uni-MoE reads media through placeholders in the prompt: pass "
+                    "text with one `<image>` / `<video>` / `<audio>` per item, e.g. "
+                    "text='USER: <image>\\nWhat is this? ASSISTANT:'."
+                )
+            raise UniMoEProcessingError("UniMoEProcessor needs `text`: a string or a list of strings.")
+        texts = [text] if isinstance(text, str) else text
+        if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
+            raise UniMoEProcessingError(
+                f"`text` must be a string or a non-empty list of strings, got {_describe(text)}"
+                + (f" with items {[type(t).__name__ for t in texts][:5]}" if isinstance(texts, (list, tuple)) else "")
+                + "."
+            )
+        texts = list(texts)
+
+        given = {
+            kind: _media_list(kind, value, len(texts))
+            for kind, value in (("image", images), ("video", videos), ("audio", audio), ("sound", sound))
+        }
+        self._check_placeholders(texts, given)
+
+        data, replacements = {}, {}
+        if given["image"][0]:
+            pil = [load_image(item, f"image {i}") for i, item in enumerate(given["image"][0])]
+            pixel_values = self.image_processor(images=pil, return_tensors="np", **images_kwargs)["pixel_values"]
+            data["pixel_values"] = np.asarray(pixel_values, dtype=np.float32)
+            replacements["image"] = [self.image_seq_length] * len(pil)
+        if given["video"][0]:
+            frames = []
+            for i, item in enumerate(given["video"][0]):
+                frames += load_video(item, self.num_video_frames, options.get("short_video", "error"), f"video {i}")
+            pixel_values = self.image_processor(images=frames, return_tensors="np", **images_kwargs)["pixel_values"]
+            pixel_values = np.asarray(pixel_values, dtype=np.float32)
+            data["pixel_values_videos"] = pixel_values.reshape(
+                len(given["video"][0]), self.num_video_frames, *pixel_values.shape[1:]
+            )
+            replacements["video"] = [self.image_seq_length] * len(given["video"][0])
+        # `<audio>` feeds Whisper, or BEATs in a model without a speech tower (then `sound=` is refused above)
+        sound_kind = "audio" if self.audio_path == "sound" else "sound"
+        for kind in ("audio", "sound"):
+            if not given[kind][0]:
+                continue
+            waves = [load_audio(item, sampling_rate, f"{kind} {i}") for i, item in enumerate(given[kind][0])]
+            if kind == sound_kind:
+                out = self.sound_feature_extractor(waves, truncation=bool(options.get("truncate_sound", False)))
+                data["sound_features"] = out["sound_features"]
+                data["sound_features_mask"] = out["sound_features_mask"]
+                replacements[kind] = [n * self.num_sound_query_tokens for n in out["sound_chunks"]]
+            else:
+                data["input_features"], chunks = self._speech_features(waves)
+                replacements[kind] = [n * self.num_speech_query_tokens for n in chunks]
+
+        expanded, offsets = self._expand(texts, replacements)
+        want_offsets = bool(text_kwargs.get("return_offsets_mapping"))
+        encoding = self.tokenizer(expanded, **text_kwargs)
+        input_ids = [list(ids) for ids in encoding["input_ids"]]
+        self._check_lengths(expanded, encoding, text_kwargs)
+
+        out = {"input_ids": input_ids, "attention_mask": [list(m) for m in encoding["attention_mask"]]}
+        for key in ("offset_mapping", "token_type_ids", "special_tokens_mask", "length"):
+            if key in encoding and (key != "offset_mapping" or want_offsets):
+                out[key] = encoding[key]
+        if options.get("return_mm_token_type_ids"):
+            out["mm_token_type_ids"] = self.create_mm_token_type_ids(input_ids)
+        tensors = {key: _to_tensor(value, return_tensors, key) for key, value in {**out, **data}.items()}
+        if options.get("return_text_replacement_offsets"):
+            tensors["text_replacement_offsets"] = offsets
+        return BatchFeature(tensors)
+
+    def _split_kwargs(self, kwargs):
+        kwargs = dict(kwargs)
+        images_kwargs = dict(kwargs.pop("images_kwargs", None) or {})
+        for nested in _NESTED_KWARGS:
+            for key, value in (kwargs.pop(nested, None) or {}).items():
+                kwargs.setdefault(key, value)
+        options = {key: kwargs.pop(key) for key in _PROCESSOR_KWARGS if key in kwargs}
+        text_kwargs = {key: kwargs.pop(key) for key in _TEXT_KWARGS if key in kwargs}
+        text_kwargs["return_attention_mask"] = True
+        for key in ("return_tensors", "sanitize_control_tokens"):
+            kwargs.pop(key, None)
+        if kwargs:
+            logger.warning_once(f"UniMoEProcessor ignores the keyword arguments {sorted(kwargs)}.")
+        if options.get("short_video", "error") not in ("error", "repeat"):
+            raise UniMoEProcessingError(f"`short_video` must be 'error' or 'repeat', got {options['short_video']!r}.")
+        return options, text_kwargs, images_kwargs
+
+    def _speech_features(self, waves):
+        chunks, counts = [], []
+        for wave in waves:
+            size = self.feature_extractor.n_samples
+            pieces = [wave[start : start + size] for start in range(0, len(wave), size)]
+            chunks += pieces
+            counts.append(len(pieces))
+        features = self.feature_extractor(
+            chunks, sampling_rate=SAMPLING_RATE, padding="max_length", return_tensors="np"
+        )["input_features"]
+        return np.asarray(features, dtype=np.float32), counts  # [chunks, mels, 3000]
+
+    def _count(self, sample: str) -> dict[str, int]:
+        counts = dict.fromkeys(self._placeholders, 0)
+        if self._placeholder_pattern is not None:
+            for match in self._placeholder_pattern.finditer(sample):
+                counts[self._kind_of_token[match.group()]] += 1
+        return counts
+
+    def _check_placeholders(self, texts, given):
+        per_sample = [self._count(sample) for sample in texts]
+        arguments = {"image": "images", "video": "videos", "audio": "audio", "sound": "sound"}
+        for kind, (items, _) in given.items():
+            if items and kind not in self._placeholders:
+                reason = {
+                    "image": "no vision tower",
+                    "video": "no vision tower",
+                    "audio": "no speech or sound tower",
+                    "sound": "no separate <sound> placeholder: pass sounds as `audio=`"
+                    if self.audio_path == "sound"
+                    else "no sound tower",
+                }[kind]
+                raise PlaceholderCountError(
+                    f"{len(items)} {kind} input(s) were given as `{arguments[kind]}=`, but this model has {reason}. "
+                    f"Drop `{arguments[kind]}=` or use a checkpoint with that modality."
+                )
+        for sample_index, sample in enumerate(texts):
+            for token, kind in self._disabled_tokens.items():
+                if token in sample:
+                    raise PlaceholderCountError(
+                        f"Sample {sample_index} contains {token}, but this model has no {kind} tower, so nothing can "
+                        f"fill it. Remove {token} from the text."
+                    )
+        for kind, (items, nested_counts) in given.items():
+            if kind not in self._placeholders:
+                continue
+            token = self._placeholders[kind][0]
+            in_text = [counts[kind] for counts in per_sample]
+            if sum(in_text) != len(items):
+                raise PlaceholderCountError(
+                    f"The text has {sum(in_text)} {token} placeholder(s) (per sample: {in_text}) but {len(items)} "
+                    f"{kind} input(s) were given as `{arguments[kind]}=`. Put exactly one {token} in the text for "
+                    f"each {kind}, in the order the {kind} inputs are passed."
+                )
+            if nested_counts is not None and nested_counts != in_text:
+                raise PlaceholderCountError(
+                    f"The {kind} inputs were given per sample as {nested_counts} item(s) but the texts hold {in_text} "
+                    f"{token} placeholder(s). Each sample's list must match its own text."
+                )
+
+    def _expand(self, texts, replacements):
+        """Replace each placeholder by as many copies as its item takes; also the replacement offsets
+        (`apply_chat_template`'s assistant masks need them)."""
+        iterators = {kind: iter(counts) for kind, counts in replacements.items()}
+        expanded, offsets = [], []
+        for sample in texts:
+            pieces, sample_offsets, last, shift = [], [], 0, 0
+            if self._placeholder_pattern is not None:
+                for match in self._placeholder_pattern.finditer(sample):
+                    token = match.group()
+                    kind = self._kind_of_token[token]
+                    replacement = token * next(iterators[kind])
+                    start, end = match.span()
+                    pieces.append(sample[last:start])
+                    pieces.append(replacement)
+                    sample_offsets.append(
+                        {
+                            "type": kind,
+                            "span": (start, end),
+                            "new_span": (start + shift, start + shift + len(replacement)),
+                            "text": token,
+                            "replacement": replacement,
+                        }
+                    )
+                    shift += len(replacement) - (end - start)
+                    last = end
+            pieces.append(sample[last:])
+            expanded.append("".join(pieces))
+            offsets.append(sample_offsets)
+        return expanded, offsets
+
+    def _context_limit(self) -> int | None:
+        if self.context_length:
+            return int(self.context_length)
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        return int(limit) if limit and limit < 10**8 else None
+
+    def _check_lengths(self, expanded, encoding, text_kwargs):
+        lengths = [int(sum(mask)) for mask in encoding["attention_mask"]]
+        if text_kwargs.get("truncation") not in (None, False, "do_not_truncate"):
+            for index, (sample, ids) in enumerate(zip(expanded, encoding["input_ids"], strict=True)):
+                for kind, (token, token_id, _) in self._placeholders.items():
+                    kept, expected = sum(1 for i in ids if i == token_id), sample.count(token)
+                    if kept != expected:
+                        raise PromptTooLongError(
+                            f"Truncating sample {index} to {lengths[index]} tokens would cut its {kind} placeholders "
+                            f"({kept} of {expected} {token} tokens kept), and the model needs all of them. Raise "
+                            "`max_length`, pass fewer or shorter media, or shorten the text."
+                        )
+        limit = self._context_limit()
+        if limit is not None and max(lengths) > limit:
+            too_long = [i for i, n in enumerate(lengths) if n > limit]
+            raise PromptTooLongError(
+                f"The prompt of sample(s) {too_long} takes {max(lengths)} tokens with its media expanded, more than "
+                f"the model's context of {limit} tokens. Shorten the text or the media (each image / video and each "
+                "30 s of audio take a fixed number of tokens), or pass `truncation=True, max_length=...` to cut "
+                "the text."
+            )
+
+    # --- chat ---------------------------------------------------------------------------------------------------
+    def _multimodal_inputs_from_conversations(self, conversations, audio_loading_params=None, *args, **kwargs):
+        """Collect the media of chat content blocks in the order the chat template places their placeholders
+        (per message: images, audio, sounds, videos). Files are decoded later, by `__call__`."""
+        batch_images, batch_videos, batch_audio, batch_sound = [], [], [], []
+        sound_list = batch_sound if "sound" in self._placeholders else batch_audio
+        sampling_rate = (audio_loading_params or {}).get("sampling_rate")
+        for conversation in conversations:
+            images, videos = [], []
+            for message in conversation:
+                content = message.get("content")
+                if not isinstance(content, (list, tuple)):
+                    continue
+                blocks = [block for block in content if isinstance(block, dict)]
+                for kind, target, keys in (
+                    ("image", images, ("image", "url", "path", "base64")),
+                    ("audio", batch_audio, ("audio", "url", "path")),
+                    ("sound", sound_list, ("sound", "audio", "url", "path")),
+                    ("video", videos, ("video", "url", "path")),
+                ):
+                    for block in blocks:
+                        if block.get("type") != kind:
+                            continue
+                        media = next((block[key] for key in keys if block.get(key) is not None), None)
+                        if media is None:
+                            continue
+                        if kind == "sound" and "sound" not in self._placeholders and self.audio_path != "sound":
+                            raise PlaceholderCountError(
+                                "A {'type': 'sound'} block was given, but this model has no sound tower; use an "
+                                "{'type': 'audio'} block for speech."
+                            )
+                        if kind in ("audio", "sound") and isinstance(media, (np.ndarray, torch.Tensor, list)):
+                            media = {"array": media, "sampling_rate": block.get("sampling_rate", sampling_rate)}
+                        target.append(media)
+            batch_images.append(images)
+            batch_videos.append(videos)
+        extra = {"sound": batch_sound} if batch_sound else {}
+        return batch_images, batch_videos, batch_audio, extra
+
+
+def _to_tensor(value, return_tensors, name):
+    if return_tensors is None:
+        return value
+    if return_tensors not in ("pt", "np"):
+        raise UniMoEProcessingError(f"`return_tensors` must be 'pt', 'np' or None, got {return_tensors!r}.")
+    try:
+        array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    except ValueError:
+        raise UniMoEProcessingError(
+            f"`{name}` has rows of different lengths and cannot be one tensor: pass `padding=True`."
+        ) from None
+    if array.dtype == object:
+        raise UniMoEProcessingError(
+            f"`{name}` has rows of different lengths and cannot be one tensor: pass `padding=True`."
+        )
+    if name in ("input_ids", "attention_mask", "sound_features_mask", "mm_token_type_ids", "offset_mapping"):
+        array = array.astype(np.int64)
+    return torch.from_numpy(np.ascontiguousarray(array)) if return_tensors == "pt" else array
+
+
+def make_clip_image_processor(image_size: int):
+    """CLIP preprocessing at `image_size`: shortest edge resized (bicubic), centre crop, CLIP mean / std."""
+    return _CLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_resize=True,
+        do_center_crop=True,
+        do_rescale=True,
+        do_normalize=True,
+        do_convert_rgb=True,
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+        resample=Image.Resampling.BICUBIC,
+    )
+
+
+__all__ = [
+    "EmptyAudioError",
+    "MediaDecodeError",
+    "NotEnoughFramesError",
+    "PlaceholderCountError",
+    "PromptTooLongError",
+    "TooManyChunksError",
+    "UniMoEBEATsFeatureExtractor",
+    "UniMoEProcessingError",
+    "UniMoEProcessor",
+    "kaldi_fbank",
+    "load_audio",
+    "load_image",
+    "load_video",
+    "resample_audio",
+]
