@@ -165,7 +165,6 @@ def _stage1_recipe(work: Path, out: Path, per_device: int) -> Path:
     return path
 
 
-@pytest.mark.slow
 def test_two_cpu_processes_train_like_one_on_the_same_global_batch(workdir):
     one = _run(workdir, _stage1_recipe(workdir, workdir / "one", per_device=4))
     assert one.returncode == 0, one.stderr[-3000:]
@@ -188,3 +187,21 @@ def test_two_cpu_processes_train_like_one_on_the_same_global_batch(workdir):
     torch.testing.assert_close(torch.tensor(losses(workdir / "two")), torch.tensor(losses(workdir / "one")),
                                rtol=1e-4, atol=1e-5)  # fmt: skip
     _assert_same_weights(workdir / "one", workdir / "two", atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_tiny_pipeline_runs_end_to_end(tmp_path):
+    """`training.tiny`: data, the three stages (stage-2 experts in parallel processes), export and evaluation; a few
+    steps per stage, so only the plumbing is checked (the full run is `python -m modeling_unimoe.training.tiny`)."""
+    from modeling_unimoe.training import tiny
+
+    steps = [f"stage{n}.training.max_steps=2" for n in (1, 2, 3)]
+    result = tiny.run(tmp_path / "out", tmp_path / "work", overrides=steps, evaluate=True, workers=2, log=print)
+    report = result["eval"]
+    assert set(report["per_task"]) == set(tiny.TASKS)
+    assert (tmp_path / "work" / "eval" / "routing.png").stat().st_size > 0
+    assert sorted(p.name for p in (tmp_path / "work" / "stage2").iterdir() if p.is_dir()) == [
+        "sound", "speech", "text", "vision"
+    ]  # fmt: skip
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["text_config"]["num_experts"] == 4 and config["audio_chunk_seconds"] == 3
