@@ -9,11 +9,11 @@ under `build/tiny/`), and exports the merged stage-3 model with its processor an
 `hub_export.build` writes a folder. Prints the time of each stage.
 
 The tiny model has no pretrained weights at all: its CLIP, Whisper and BEATs towers and its LLM start random. The
-tiny recipes therefore also train the LLM in stage 1 and the vision tower in stage 2 (vision expert), where the paper
-keeps pretrained parts frozen. Stage 1 keeps every tower frozen: training a random tower before the LLM reads its
-features collapses them (seen here: CLIP features of different images became near-identical). The speech and sound
-towers stay frozen (random) throughout and their outputs are cached, because their ~1500 positions per 30 s chunk
-dominate the CPU budget.
+tiny recipes therefore also train the LLM in stage 1 and the speech and sound towers with their experts in stage 2,
+where the paper keeps pretrained parts frozen; the vision tower stays at its random weights (training it from scratch
+here made the image features worse). Stage 1 keeps every tower frozen and serves the frozen audio towers' outputs from
+a cache. Audio is cut into 3 s chunks (`audio_chunk_seconds`, 30 s as released) so the audio towers can be trained on
+a CPU. Stage 2's experts are independent and run `--workers` at a time (default: one per core), one thread each.
 """
 
 from __future__ import annotations
