@@ -155,7 +155,9 @@ def test_moe_assembly_copies_each_source_ffn_into_its_expert_slots(dense_models)
                     expected = dense_models[source].state_dict()[f"{prefix}{proj}.weight"]
                     assert torch.equal(state[f"{prefix}experts.{slot}.{proj}.weight"], expected)
             else:  # dense layers keep the base FFN
-                assert torch.equal(state[f"{prefix}{proj}.weight"], dense_models["base"].state_dict()[f"{prefix}{proj}.weight"])
+                assert torch.equal(
+                    state[f"{prefix}{proj}.weight"], dense_models["base"].state_dict()[f"{prefix}{proj}.weight"]
+                )
     base = dense_models["base"].state_dict()
     for name, value in state.items():
         component, part = component_of(name)
@@ -173,7 +175,9 @@ def test_moe_assembly_copies_each_source_ffn_into_its_expert_slots(dense_models)
 
 
 def test_stage3_lora_trains_routers_fully_and_lora_on_attention_and_experts(dense_models):
-    moe = build_moe_model(dense_models["base"], {"vision": dense_models["vision"]}, ["vision", "base", "vision", "base"])
+    moe = build_moe_model(
+        dense_models["base"], {"vision": dense_models["vision"]}, ["vision", "base", "vision", "base"]
+    )
     freeze_for_stage(moe, 3)
     assert {n for n in _trainable(moe)} == {f"model.language_model.layers.{i}.mlp.gate.weight" for i in range(4)}
     peft_model = apply_lora(moe, r=4, alpha=8, dropout=0.0)
@@ -190,7 +194,9 @@ def test_stage3_lora_trains_routers_fully_and_lora_on_attention_and_experts(dens
 # ------------------------------------------------------------------------------------------- recipes and sampling
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*/stage*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "recipes").glob("*/stage*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}"
+)
 def test_recipes_parse_and_have_no_absolute_paths(path):
     text = path.read_text()
     assert "-m modeling_unimoe.training.train recipes/" in text.split("\nstage:")[0]  # launch command in the header

@@ -31,7 +31,7 @@ _PLACEHOLDERS = re.compile(r"<(image|video|audio|sound)>\n?")
 
 
 def record_modality(record) -> str:
-    """"image", "video", "speech", "sound" or "text": the modality of a record (by its media keys)."""
+    """ "image", "video", "speech", "sound" or "text": the modality of a record (by its media keys)."""
     if record.get("image") is not None:
         return "image"
     if record.get("video") is not None:
@@ -69,7 +69,9 @@ def record_to_messages(record, *, with_answer: bool = True) -> list[dict]:
     for turn in turns:
         role = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}.get(turn["from"])
         if role is None:
-            raise ValueError(f"Record {record.get('id')!r} has a turn from {turn['from']!r}; expected 'human' or 'gpt'.")
+            raise ValueError(
+                f"Record {record.get('id')!r} has a turn from {turn['from']!r}; expected 'human' or 'gpt'."
+            )
         if role == "user":
             content = [{"type": "text", "text": _PLACEHOLDERS.sub("", turn["value"]).strip()}]
             if media is not None:

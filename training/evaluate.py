@@ -210,7 +210,9 @@ def evaluate(folder, data="build/tiny/data", split="test", out=None, n_per_task=
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="an exported Hub folder (config.json, weights, processor files)")
-    parser.add_argument("--data", default="build/tiny/data", help="folder of the synthetic splits (written if missing)")
+    parser.add_argument(
+        "--data", default="build/tiny/data", help="folder of the synthetic splits (written if missing)"
+    )
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
     parser.add_argument("--n-per-task", type=int, default=50, help="examples per task when the split is written")
     parser.add_argument("--out", default=None, help="output folder (default: FOLDER/eval)")

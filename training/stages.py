@@ -122,7 +122,8 @@ def set_trainable(model: torch.nn.Module, trainable, modalities=None) -> dict[st
     for name, param in model.named_parameters():
         component, part = component_of(name)
         on = component in wanted and (
-            part is None or ((parts is None or part in parts) and (wanted[component] is None or part in wanted[component]))
+            part is None
+            or ((parts is None or part in parts) and (wanted[component] is None or part in wanted[component]))
         )
         param.requires_grad_(on)
         if on:
@@ -254,7 +255,9 @@ def apply_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.05, target
 
     targets = [targets] if isinstance(targets, str) else list(targets)
     pattern = (
-        r"model\.language_model\.layers\.\d+\.(self_attn|mlp|mlp\.experts\.\d+)\.(" + "|".join(map(re.escape, targets)) + ")"
+        r"model\.language_model\.layers\.\d+\.(self_attn|mlp|mlp\.experts\.\d+)\.("
+        + "|".join(map(re.escape, targets))
+        + ")"
     )
     save = list(modules_to_save) + (["mlp.gate"] if train_routers else [])
     config = LoraConfig(

@@ -41,8 +41,8 @@ import yaml
 from transformers import Trainer, TrainingArguments
 
 from .collator import EncodedDataset, UniMoECollator
-from .tower_cache import cached_frozen_towers
 from .stages import apply_lora, build_moe_model, freeze_for_stage, load_model
+from .tower_cache import cached_frozen_towers
 
 
 # ------------------------------------------------------------------------------------------------------ recipe files

@@ -743,6 +743,7 @@ class UniMoEModel(UniMoEPreTrainedModel):
         """[videos, frames, 3, H, W] -> [videos, patches, hidden]: each frame through the image path, then pooled over
         frames: the mean (`config.video_pooling="mean"`, the released models), or a learned per-frame, per-channel
         weighting (`"weighted"`), which can tell the frames' order."""
+        self._require("vision_tower", "pixel_values_videos", "vision_config")
         num_videos, num_frames = pixel_values_videos.shape[:2]
         features = self.get_image_features(pixel_values_videos.flatten(0, 1))  # [videos * frames, patches, hidden]
         features = features.view(num_videos, num_frames, *features.shape[1:])
