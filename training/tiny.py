@@ -87,8 +87,8 @@ def stage_recipes(work: Path, recipes: Path = RECIPES, overrides=()) -> list[dic
 
 def run_experts_in_parallel(recipe: dict, workers: int, log=print) -> None:
     """Stage 2's experts are independent dense models: train them in `workers` processes at once, one CPU thread each
-    (a tiny model's ops are too small to gain from more threads), largest data first. Each writes its log to
-    `output_dir/NAME.log`."""
+    (a tiny model's ops are too small to gain from more threads), in the recipe's order (list the longest first).
+    Each writes its log to `output_dir/NAME.log`."""
     out = Path(recipe["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     recipe_file = out / "recipe.yaml"
