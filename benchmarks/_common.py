@@ -7,6 +7,8 @@ import os
 import platform
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -231,3 +233,26 @@ def measure_quietly(
         result.busy_seconds += other * seconds
         result.seconds += seconds
     return result
+
+
+_PROBE = """
+import resource, subprocess, sys, time
+start = time.perf_counter()
+proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+seconds = time.perf_counter() - start
+if proc.returncode:
+    sys.stderr.write(proc.stderr)
+    sys.exit(proc.returncode)
+print(seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+"""
+
+
+def run_probed(cmd: list[str], cwd) -> tuple[float, float]:
+    """Run `cmd` under a small probe process: (seconds, peak RSS in bytes of `cmd` alone). ru_maxrss of children is a
+    running maximum, and a child spawned straight from a large process starts with its RSS, so every measurement gets
+    its own probe. A failing `cmd` raises RuntimeError with the tail of its stderr."""
+    proc = subprocess.run([sys.executable, "-c", _PROBE, *cmd], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    seconds, rss = (float(x) for x in proc.stdout.split()[-2:])
+    return seconds, rss

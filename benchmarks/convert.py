@@ -12,7 +12,6 @@ import argparse
 import gc
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ._common import replace_markdown_section
+from ._common import replace_markdown_section, run_probed
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,16 +36,6 @@ def build(root: Path, hidden: int, intermediate: int, layers: int, heads: int) -
 
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
-
-
-def _probe(cmd: list[str]) -> tuple[float, float]:
-    """Run `cmd` under a small probe process: (seconds, peak RSS in bytes of `cmd` alone). ru_maxrss of children is a
-    running maximum, so every measurement gets its own probe."""
-    proc = subprocess.run([sys.executable, "-c", _PROBE, *cmd], cwd=REPO, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-3000:])
-    seconds, rss = (float(x) for x in proc.stdout.split()[-2:])
-    return seconds, rss
 
 
 def main(argv=None):
@@ -72,7 +61,7 @@ def main(argv=None):
         # baseline: the same interpreter importing what the converter imports, converting nothing (measured through
         # the small probe process: a child forked straight from this large process would inherit its RSS until exec)
         base_cmd = [sys.executable, "-c", "import hub_export.convert, modeling_unimoe, transformers"]
-        baseline = _probe(base_cmd)[1]
+        baseline = run_probed(base_cmd, REPO)[1]
         rows = []
         for run in range(args.runs):
             out = tmp / f"out{run}"
@@ -86,7 +75,7 @@ def main(argv=None):
                 str(paths["whisper"]),
             ]
             cmd += ["--out", str(out), "--max-shard-size", args.max_shard_size, "--no-progress"]
-            seconds, rss = _probe(cmd)
+            seconds, rss = run_probed(cmd, REPO)
             output_bytes = folder_bytes(out)
             rows.append((seconds, rss, output_bytes))
             print(f"run {run + 1}: {seconds:.1f} s, peak RSS {rss / 1e9:.2f} GB, output {output_bytes / 1e9:.2f} GB")
@@ -118,18 +107,6 @@ def main(argv=None):
     print(text)
     if not args.no_write:
         replace_markdown_section(RESULTS, text)
-
-
-_PROBE = """
-import resource, subprocess, sys, time
-start = time.perf_counter()
-proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-seconds = time.perf_counter() - start
-if proc.returncode:
-    sys.stderr.write(proc.stderr)
-    sys.exit(proc.returncode)
-print(seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
-"""
 
 
 def _cpu() -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ._common import fix_threads, machine_line, markdown_table, replace_markdown_section
+from ._common import fix_threads, machine_line, markdown_table, replace_markdown_section, run_probed
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,28 +139,17 @@ def _touch(model) -> None:
             tensor.data.reshape(-1)[::1024].float().sum()
 
 
-_PROBE = """
-import resource, subprocess, sys
-proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-if proc.returncode:
-    sys.stderr.write(proc.stderr[-3000:])
-    sys.exit(proc.returncode)
-print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
-"""
-
-
 def measure(kind: str, folder, precision: str, work: Path) -> dict:
     """Load in a fresh process (under a small probe process: ru_maxrss of children is a running maximum, and a
     child spawned straight from this large process would start with its RSS); returns the child's JSON + peak RSS."""
     result_path = work / f"{kind}-{precision}.json"
     cmd = [sys.executable, "-m", "benchmarks.quantize", "--child", kind, str(folder), precision, str(result_path)]
-    import subprocess
-
-    proc = subprocess.run([sys.executable, "-c", _PROBE, *cmd], cwd=REPO, capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"error": f"process failed: {proc.stderr.strip().splitlines()[-1][:200]}"}
+    try:
+        _, peak_rss = run_probed(cmd, REPO)
+    except RuntimeError as error:
+        return {"error": f"process failed: {str(error).strip().splitlines()[-1][:200]}"}
     result = json.loads(result_path.read_text())
-    result["peak_rss"] = float(proc.stdout.split()[-1])
+    result["peak_rss"] = peak_rss
     return result
 
 
