@@ -17,7 +17,7 @@ from modeling_unimoe.training.stages import (
     set_trainable,
 )
 from modeling_unimoe.training.synthetic import TASKS, load_split, make_example, write_split
-from modeling_unimoe.training.train import ModalityGroupedSampler, load_recipe
+from modeling_unimoe.training.train import ModalityGroupedSampler, load_recipe, load_records
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,6 +211,20 @@ def test_recipes_parse_and_have_no_absolute_paths(path):
         assert recipe["training"]["gradient_checkpointing"] is True
         assert recipe["lora"]["r"] == 8 and recipe["lora"]["alpha"] == 16 and recipe["lora"]["dropout"] == 0.05
         assert "towers" not in (recipe.get("extra_trainable") or [])
+
+
+def test_load_records_keeps_the_first_max_per_task_records_of_each_task(tmp_path):
+    write_split(tmp_path, "train", 3, seed=0, tasks=["image_color", "text_add"])
+    everything = load_records({"path": str(tmp_path)})
+    limited = load_records({"path": str(tmp_path), "max_per_task": {"text_add": 1}})
+    assert limited["task"].count("image_color") == 3 and limited["task"].count("text_add") == 1
+    first_text = next(row for row in everything if row["task"] == "text_add")
+    assert [row for row in limited if row["task"] == "text_add"] == [first_text]
+    assert load_records({"path": str(tmp_path), "max_per_task": 2})["task"].count("image_color") == 2
+    with pytest.raises(
+        ValueError, match=r"`data.max_per_task` must be a positive int or \{task: positive int\}; got 0"
+    ):
+        load_records({"path": str(tmp_path), "max_per_task": 0})
 
 
 def test_modality_grouped_sampler_builds_single_modality_batches():

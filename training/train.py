@@ -10,7 +10,8 @@ A recipe (paths relative to the working directory) holds:
     stage: 1 | 2 | 3
     model: {init: preset:tiny:dense | FOLDER,          # stages 1-2; stage 3 takes `moe` instead
             config: {audio_chunk_seconds: 3}}           # from_preset overrides (a preset start only)
-    data: {path: build/tiny/data, split: train, modalities: [image, ...], generate: {n_per_task: 200, seed: 0}}
+    data: {path: build/tiny/data, split: train, modalities: [image, ...], generate: {n_per_task: 200, seed: 0},
+           max_per_task: 600}                           # or {task: N}: the first N records of each (listed) task
     extra_trainable: [towers]                           # on top of the stage's own (tiny towers are untrained)
     experts: {vision: [image, video], speech: {modalities: [speech], training: {num_train_epochs: 8},
               extra_trainable: [towers]}}          # stage 2: one dense model per entry, trained on its data
@@ -137,7 +138,7 @@ class UniMoETrainer(Trainer):
 
 def load_records(data: dict, modalities=None):
     """The recipe's training records (a `datasets.Dataset`), written first with `write_split` if `generate` is set
-    and the split is missing, limited to `modalities`."""
+    and the split is missing, limited to `modalities` and to the first `max_per_task` records of each task."""
     from .collator import record_modality
     from .synthetic import load_split, write_split
 
@@ -151,6 +152,17 @@ def load_records(data: dict, modalities=None):
     if modalities is not None:
         wanted = set([modalities] if isinstance(modalities, str) else modalities)
         keep = [i for i, row in enumerate(dataset) if record_modality(row) in wanted]
+        dataset = dataset.select(keep)
+    limit = data.get("max_per_task")
+    if limit is not None:
+        limits = limit if isinstance(limit, dict) else {task: limit for task in set(dataset["task"])}
+        if not all(isinstance(n, int) and n >= 1 for n in limits.values()):
+            raise ValueError(f"`data.max_per_task` must be a positive int or {{task: positive int}}; got {limit!r}.")
+        seen, keep = {}, []
+        for i, task in enumerate(dataset["task"]):
+            seen[task] = seen.get(task, 0) + 1
+            if seen[task] <= limits.get(task, seen[task]):
+                keep.append(i)
         dataset = dataset.select(keep)
     if len(dataset) == 0:
         raise ValueError(f"No training records in {path}/{split}.json for modalities {modalities}.")
