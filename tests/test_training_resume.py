@@ -186,7 +186,10 @@ def test_two_cpu_processes_train_like_one_on_the_same_global_batch(workdir):
     assert len(losses(workdir / "one")) == 3
     torch.testing.assert_close(torch.tensor(losses(workdir / "two")), torch.tensor(losses(workdir / "one")),
                                rtol=1e-4, atol=1e-5)  # fmt: skip
-    _assert_same_weights(workdir / "one", workdir / "two", atol=1e-5)
+    # Adam divides by sqrt(v), so summation-order rounding between one batch of 4 and 2 x 2 all-reduced is amplified
+    # on parameters with tiny gradients (1.2e-5 seen on the patch embedding with accelerate 1.16); 5e-5 stays far below
+    # what the 3 steps move the weights (up to 7e-4 on the patch embedding, 2e-3 overall), so a different batch fails
+    _assert_same_weights(workdir / "one", workdir / "two", atol=5e-5)
 
 
 @pytest.mark.slow
