@@ -148,6 +148,7 @@ def load_records(data: dict, modalities=None):
         generate = dict(data["generate"])
         write_split(path, split, int(generate.pop("n_per_task")), int(generate.pop("seed", 0)), **generate)
     dataset = load_split(path, split)
+    all_tasks = set(dataset["task"])  # before the modality filter: one recipe's limits serve every stage-2 expert
     modalities = modalities if modalities is not None else data.get("modalities")
     if modalities is not None:
         wanted = set([modalities] if isinstance(modalities, str) else modalities)
@@ -155,11 +156,21 @@ def load_records(data: dict, modalities=None):
         dataset = dataset.select(keep)
     limit = data.get("max_per_task")
     if limit is not None:
-        limits = limit if isinstance(limit, dict) else {task: limit for task in set(dataset["task"])}
+        tasks = dataset["task"]  # None for records without a task: they count as one task
+        limits = limit if isinstance(limit, dict) else dict.fromkeys(tasks, limit)
         if not all(isinstance(n, int) and n >= 1 for n in limits.values()):
-            raise ValueError(f"`data.max_per_task` must be a positive int or {{task: positive int}}; got {limit!r}.")
+            raise ValueError(
+                f"`data.max_per_task` must be a positive int or {{task: positive int}}; got {limit!r}. Example: "
+                "`max_per_task: {sound_beeps: 600}`, or drop it to keep every record."
+            )
+        unknown = set(limits) - all_tasks
+        if unknown:
+            raise ValueError(
+                f"`data.max_per_task` names tasks {sorted(unknown)} that {path}/{split}.json does not have; its tasks "
+                f"are {sorted(t for t in all_tasks if t is not None)}. Fix the task names."
+            )
         seen, keep = {}, []
-        for i, task in enumerate(dataset["task"]):
+        for i, task in enumerate(tasks):
             seen[task] = seen.get(task, 0) + 1
             if seen[task] <= limits.get(task, seen[task]):
                 keep.append(i)
