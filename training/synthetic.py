@@ -19,8 +19,8 @@ always returns the same example. The answer of example `index` is `ANSWERS[task]
 sampling rates) is drawn at random, which is what a model learns to generalise over.
 
 Spoken digits come from clips made once with espeak-ng (`training/make_speech_assets.py`) and checked in under
-`training/assets/speech/`: 10 digits x 24 speakers (an espeak accent + voice variant + speed + pitch each). Speakers
-0-15 are used by `train`, 16-19 by `validation` and 20-23 by `test` only, so validation and test speech comes from
+`training/assets/speech/`: 10 digits x 48 speakers (an espeak accent + voice variant + speed + pitch each). Speakers
+0-15 and 24-47 are used by `train`, 16-19 by `validation` and 20-23 by `test` only, so validation and test speech comes from
 accent / speed / pitch combinations never heard in training. Each example also augments its clip: a random speed
 (0.9-1.1x, by resampling from a random rate), leading / trailing silence, gain and light noise.
 
@@ -110,8 +110,12 @@ BEEP_HZ = (400.0, 1600.0)
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SPEECH_DIR = ASSETS / "speech"
-NUM_SPEAKERS = 24
-SPEECH_SPEAKERS = {"train": tuple(range(0, 16)), "validation": tuple(range(16, 20)), "test": tuple(range(20, 24))}
+NUM_SPEAKERS = 48
+SPEECH_SPEAKERS = {
+    "train": tuple(range(0, 16)) + tuple(range(24, 48)),
+    "validation": tuple(range(16, 20)),
+    "test": tuple(range(20, 24)),
+}
 
 _PLACEHOLDER = {"image": "<image>\n", "video": "<video>\n", "sound": "<audio>\n", "speech": "<audio>\n", "text": ""}
 _MEDIA_KEY = {"image": "image", "video": "video", "sound": "voice", "speech": "voice"}
