@@ -248,13 +248,14 @@ def test_cached_frozen_towers_give_the_same_outputs_and_restore_the_towers():
     config = UniMoEConfig.from_preset("tiny")
     torch.manual_seed(0)
     model = UniMoEForCausalLM(config).eval()
-    set_trainable(model, ["connectors", "towers:vision"])  # speech and sound towers frozen
+    set_trainable(model, ["connectors", "towers:speech"])  # vision and sound towers frozen
     inputs = media_prompt(config)
+    assert {"pixel_values", "pixel_values_videos", "input_features", "sound_features"} <= set(inputs)
     with torch.no_grad():
         reference = model(**inputs).logits
         with cached_frozen_towers(model) as cached:
-            assert cached == ["sound_tower", "speech_tower"]
+            assert cached == ["sound_tower", "vision_tower"]
             first, second = model(**inputs).logits, model(**inputs).logits
     assert torch.equal(first, reference) and torch.equal(second, reference)
     assert type(model.model.sound_tower).__name__ == "UniMoEBEATsModel"
-    assert type(model.model.speech_tower).__name__ == "WhisperEncoder"
+    assert type(model.model.vision_tower).__name__ == "CLIPVisionModel"

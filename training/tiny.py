@@ -4,15 +4,16 @@
     python -m modeling_unimoe.training.tiny                      # -> checkpoints/uni-moe-tiny/
     python -m modeling_unimoe.training.tiny --evaluate           # then the test-split accuracy table
 
-Writes the synthetic data once (seeded) under `build/tiny/data`, runs recipes/tiny/stage{1,2,3}.yaml (stage outputs
+Writes the synthetic data once (seeded) under `build/tiny/data` (`TRAIN_PER_TASK`: the beep-count and spoken-digit
+experts get more examples than stages 1 and 3 read), runs recipes/tiny/stage{1,2,3}.yaml (stage outputs
 under `build/tiny/`), and exports the merged stage-3 model with its processor and pipeline to `--out`, as
 `hub_export.build` writes a folder. Prints the time of each stage.
 
 The tiny model has no pretrained weights at all: its CLIP, Whisper and BEATs towers and its LLM start random. The
 tiny recipes therefore also train the LLM in stage 1 and the speech and sound towers with their experts in stage 2,
 where the paper keeps pretrained parts frozen; the vision tower stays at its random weights (training it from scratch
-here made the image features worse). Stage 1 keeps every tower frozen and serves the frozen audio towers' outputs from
-a cache. Audio is cut into 3 s chunks (`audio_chunk_seconds`, 30 s as released) so the audio towers can be trained on
+here made the image features worse, and costs more than the 15 minutes allow). Frozen towers' outputs are served from a
+cache. Audio is cut into 3 s chunks (`audio_chunk_seconds`, 30 s as released) so the audio towers can be trained on
 a CPU. Stage 2's experts are independent and run `--workers` at a time (default: one per core), one thread each.
 """
 
@@ -20,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -34,28 +37,38 @@ from .train import load_recipe, run_stage
 
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
-# training examples per task (any modality can be given its own size)
-TRAIN_PER_TASK = {"image": 600, "video": 1200, "text": 600, "speech": 600, "sound": 600}
+# training examples per task: per modality, or per task where a task is named (stage 2 trains the speech and sound
+# experts on all of them; stages 1 and 3 read the first 600 of each: `data.max_per_task` in their recipes)
+TRAIN_PER_TASK = {"image": 600, "video": 1200, "text": 600, "speech": 1200, "sound": 600, "sound_beeps": 1800}
 TEST_PER_TASK = 50
 
 
-def write_data(data: Path, seed: int = 0, train_per_task=None, test_per_task: int = TEST_PER_TASK, log=print):
-    """build/tiny/data/{train,test}.json (+ media), written once: per-modality sizes need one write_split per size,
-    merged into one JSON with paths relative to `data`."""
+def _write_task(data: Path, task: str, size: int, seed: int) -> list[dict]:
+    """One task's training examples under `data/task/`, its records with paths relative to `data`."""
+    part = data / task
+    write_split(part, "train", size, seed, tasks=[task])
+    records = json.loads((part / "train.json").read_text())
+    for record in records:
+        for key in ("image", "video", "voice"):
+            if key in record:
+                record[key] = f"{task}/{record[key]}"
+    return records
+
+
+def write_data(data: Path, seed: int = 0, train_per_task=None, test_per_task: int = TEST_PER_TASK, workers: int = 1,
+               log=print):  # fmt: skip
+    """build/tiny/data/{train,test}.json (+ media), written once: each task in its own folder (tasks have their own
+    sizes), `workers` tasks at a time, merged into one JSON with paths relative to `data`."""
     train_per_task = {**TRAIN_PER_TASK, **(train_per_task or {})}
     data = Path(data)
     if not (data / "train.json").is_file():
         start = time.time()
-        records = []
-        for size in sorted(set(train_per_task.values())):
-            tasks = [t for t in TASKS if train_per_task[MODALITY[t]] == size]
-            part = data / f"n{size}"
-            write_split(part, "train", size, seed, tasks=tasks)
-            for record in json.loads((part / "train.json").read_text()):
-                for key in ("image", "video", "voice"):
-                    if key in record:
-                        record[key] = f"{part.name}/{record[key]}"
-                records.append(record)
+        sizes = {task: train_per_task.get(task, train_per_task[MODALITY[task]]) for task in TASKS}
+        order = sorted(TASKS, key=lambda task: -sizes[task])  # the largest first
+        jobs = [(data, task, sizes[task], seed) for task in order]
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = dict(zip(order, pool.map(_write_task, *zip(*jobs)), strict=True))
+        records = [record for task in TASKS for record in parts[task]]
         (data / "train.json").write_text(json.dumps(records, indent=1) + "\n")
         log(f"[data] train: {len(records)} records in {time.time() - start:.1f} s")
     if not (data / "test.json").is_file():
@@ -135,7 +148,7 @@ def run(
     workers = workers or os.cpu_count() or 1
     times = {}
     start = time.time()
-    write_data(work / "data", seed, log=log)
+    write_data(work / "data", seed, workers=workers, log=log)
     times["data"] = time.time() - start
     for recipe in stage_recipes(work, overrides=overrides):
         begin = time.time()

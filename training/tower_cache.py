@@ -1,8 +1,8 @@
 # Copyright 2026 The uni-moe developers. Licensed under the Apache License, Version 2.0.
-"""Cache the outputs of frozen speech / sound towers during training.
+"""Cache the outputs of frozen vision / speech / sound towers during training.
 
-A frozen tower gives the same output for the same input every epoch, and the Whisper and BEATs towers are by far the
-most expensive part of a small model's step (each 30 s chunk is ~1500 encoder positions). `cached_frozen_towers`
+A frozen tower gives the same output for the same input every epoch, and the towers are by far the most expensive part
+of a small model's step (each 30 s audio chunk is ~1500 encoder positions, each video 8 CLIP images). `cached_frozen_towers`
 swaps each frozen tower for a wrapper that computes a row once and then serves it from memory (keyed by the bytes
 of the input row and its mask), and puts the original towers back on exit, so saved weights are untouched. Towers
 with any trainable parameter are left alone.
@@ -33,15 +33,17 @@ def _key(*tensors) -> bytes:
 
 
 class CachedTower(nn.Module):
-    """Serves a frozen tower's per-row outputs from memory. `kind`: "speech" (WhisperEncoder: returns a
-    BaseModelOutput) or "sound" (BEATs: returns (hidden_states, token padding mask))."""
+    """Serves a frozen tower's per-row outputs from memory. `kind`: "vision" (CLIP: only hidden layer `layer` is
+    kept, returned in `hidden_states`), "speech" (WhisperEncoder: returns a BaseModelOutput) or "sound" (BEATs: returns
+    (hidden_states, token padding mask))."""
 
-    def __init__(self, tower: nn.Module, kind: str):
+    def __init__(self, tower: nn.Module, kind: str, layer: int | None = None):
         super().__init__()
         self.tower = tower
         self.kind = kind
+        self.layer = layer
         # shared by every wrapper of a tower with these exact weights (e.g. the stages of one run)
-        self.cache = _SHARED.setdefault((kind, _key(*tower.state_dict().values())), {})
+        self.cache = _SHARED.setdefault((kind, layer, _key(*tower.state_dict().values())), {})
 
     def forward(self, features, padding_mask=None, **kwargs):
         rows = range(features.shape[0])
@@ -52,6 +54,9 @@ class CachedTower(nn.Module):
                 if self.kind == "sound":
                     mask = None if padding_mask is None else padding_mask[missing]
                     hidden, token_mask = self.tower(features[missing], mask)
+                elif self.kind == "vision":
+                    outputs = self.tower(features[missing], output_hidden_states=True)
+                    hidden, token_mask = outputs.hidden_states[self.layer], None
                 else:
                     hidden, token_mask = self.tower(features[missing], **kwargs).last_hidden_state, None
             for j, i in enumerate(missing):
@@ -60,6 +65,10 @@ class CachedTower(nn.Module):
         if self.kind == "sound":
             masks = [self.cache[k][1] for k in keys]
             return hidden, None if masks[0] is None else torch.stack(masks)
+        if self.kind == "vision":
+            hidden_states = [None] * (self.tower.config.num_hidden_layers + 1)
+            hidden_states[self.layer] = hidden
+            return BaseModelOutput(hidden_states=tuple(hidden_states))
         return BaseModelOutput(last_hidden_state=hidden)
 
 
@@ -72,7 +81,7 @@ def _inner(model):
 
 
 @contextlib.contextmanager
-def cached_frozen_towers(model, parts=("speech", "sound"), enabled: bool = True):
+def cached_frozen_towers(model, parts=("vision", "speech", "sound"), enabled: bool = True):
     """Within the block, each frozen tower of `parts` serves cached outputs."""
     inner = _inner(model)
     swapped = {}
@@ -83,7 +92,8 @@ def cached_frozen_towers(model, parts=("speech", "sound"), enabled: bool = True)
             if tower is None or any(p.requires_grad for p in tower.parameters()):
                 continue
             swapped[name] = tower
-            setattr(inner, name, CachedTower(tower, part))
+            layer = inner.config.vision_feature_layer if part == "vision" else None
+            setattr(inner, name, CachedTower(tower, part, layer))
     try:
         yield sorted(swapped)
     finally:

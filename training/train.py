@@ -19,7 +19,7 @@ A recipe (paths relative to the working directory) holds:
           router_aux_loss_coef: 0.01}                   # stage 3
     lora: {r: 8, alpha: 16, dropout: 0.05, targets: [q_proj, ...], modules_to_save: []}   # stage 3
     group_by_modality: true                             # batches of one modality
-    cache_frozen_towers: true                           # compute frozen speech / sound towers once per example
+    cache_frozen_towers: true                           # compute frozen towers once per example
     max_length: 2048
     output_dir: build/tiny/stage1
     training: {...}                                     # TrainingArguments fields
