@@ -125,20 +125,20 @@ def test_chat_with_media_tokenized(processor):
     ids = batch["input_ids"][0]
     assert ids[0] == processor.tokenizer.bos_token_id
     counts = {kind: int((ids == token_id).sum()) for kind, (_, token_id, _) in processor._placeholders.items()}
-    assert counts == {"image": 16, "video": 16, "audio": 8, "sound": 8}
-    assert batch["pixel_values"].shape == (1, 3, 64, 64) and batch["pixel_values_videos"].shape == (1, 8, 3, 64, 64)
+    assert counts == {"image": 36, "video": 36, "audio": 8, "sound": 8}
+    assert batch["pixel_values"].shape == (1, 3, 48, 48) and batch["pixel_values_videos"].shape == (1, 8, 3, 48, 48)
     assert batch["input_features"].shape == (1, 80, 3000) and batch["sound_features"].shape == (1, 2998, 128)
     # the expanded prompt, decoded, is the rendered one with each placeholder repeated
     decoded = processor.tokenizer.decode(ids[1:])
     assert decoded == (
         f"{SYSTEM} USER: "
-        + "<image>" * 16
+        + "<image>" * 36
         + "\n"
         + "<audio>" * 8
         + "\n"
         + "<sound>" * 8
         + "\n"
-        + "<video>" * 16
+        + "<video>" * 36
         + "\nDescribe it. ASSISTANT:"
     )
 

@@ -50,7 +50,7 @@ def test_video_is_the_frame_mean_of_the_image_path_as_released():
     """The released models mean-pool the frames' image features: the frame order is lost."""
     torch.manual_seed(0)
     model = UniMoEForCausalLM(UniMoEConfig.from_preset("tiny", video_pooling="mean")).eval()
-    video = torch.randn(2, model.config.num_video_frames, 3, 64, 64)
+    video = torch.randn(2, model.config.num_video_frames, 3, 48, 48)
     with torch.no_grad():
         got = model.model.get_video_features(video)
         frames = torch.stack([model.model.get_image_features(v) for v in video])  # [2, frames, patches, hidden]
@@ -63,7 +63,7 @@ def test_video_is_the_frame_mean_of_the_image_path_as_released():
 def test_weighted_video_pooling_tells_the_frame_order(tiny_model):
     model = tiny_model.model
     assert tiny_model.config.video_pooling == "weighted"
-    video = torch.randn(2, tiny_model.config.num_video_frames, 3, 64, 64)
+    video = torch.randn(2, tiny_model.config.num_video_frames, 3, 48, 48)
     weights = model.vision_projector.frame_weights
     torch.testing.assert_close(weights.sum(0), torch.ones(weights.shape[1]))  # a (tilted) mean at init
     with torch.no_grad():
@@ -110,7 +110,7 @@ def test_batch_with_padding_and_several_media_per_sample(tiny_model):
     first, second = media_prompt(config, seed=1), media_prompt(config, seed=2)
     image_tokens = [config.image_token_id] * config.image_seq_length
     second["input_ids"] = torch.tensor([[1, 30] + image_tokens + [31] + image_tokens + [32]])
-    second = {"input_ids": second["input_ids"], "pixel_values": torch.randn(2, 3, 64, 64)}
+    second = {"input_ids": second["input_ids"], "pixel_values": torch.randn(2, 3, 48, 48)}
     len1, len2 = first["input_ids"].shape[1], second["input_ids"].shape[1]
     pad = len1 - len2
     batch_ids = torch.cat(

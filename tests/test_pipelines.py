@@ -72,7 +72,7 @@ def test_folder_layout(folder):
     } <= names
     processor_config = json.loads((folder / "processor_config.json").read_text())
     assert processor_config["auto_map"] == {"AutoProcessor": "processing_unimoe.UniMoEProcessor"}
-    assert processor_config["image_seq_length"] == 16 and processor_config["num_sound_query_tokens"] == 8
+    assert processor_config["image_seq_length"] == 36 and processor_config["num_sound_query_tokens"] == 8
     assert json.loads((folder / "config.json").read_text())["custom_pipelines"] == CUSTOM_PIPELINES
     # the Hub file imports nothing of this repository
     source = (folder / "processing_unimoe.py").read_text()

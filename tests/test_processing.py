@@ -110,7 +110,7 @@ def test_text_only(processor, model):
 def test_image_end_to_end(processor, model, tmp_path):
     path = write_image(tmp_path / "red.png")
     batch = processor(text=PROMPT.format("<image>\n"), images=path, return_tensors="pt")
-    assert batch["pixel_values"].shape == (1, 3, 64, 64)
+    assert batch["pixel_values"].shape == (1, 3, 48, 48)
     assert_counts_match(processor, batch)
     # a path, a PIL image and a uint8 array of the same picture give the same pixels
     same = processor(text="<image>", images=color_image(), return_tensors="pt")["pixel_values"]
@@ -123,7 +123,7 @@ def test_image_end_to_end(processor, model, tmp_path):
 def test_video_end_to_end(processor, model, tmp_path):
     path = write_video(tmp_path / "clip.mp4", num_frames=20)
     batch = processor(text=PROMPT.format("<video>\n"), videos=path, return_tensors="pt")
-    assert batch["pixel_values_videos"].shape == (1, 8, 3, 64, 64)
+    assert batch["pixel_values_videos"].shape == (1, 8, 3, 48, 48)
     assert_counts_match(processor, batch)
     run_model(model, batch)
 
@@ -274,6 +274,20 @@ def test_resampling_keeps_a_tone(sr):
     assert len(out) == SR
     expected = sine(1.0, freq=1000)
     np.testing.assert_allclose(out[200:-200], expected[200:-200], atol=2e-3)
+
+
+@pytest.mark.parametrize(("sr", "target"), [(44100, SR), (16001, SR), (SR, 8000), (8000, 44100)])
+def test_resampling_equals_the_windowed_sinc_sum_sample_by_sample(sr, target):
+    """The polyphase implementation against the formula it computes, output sample by output sample."""
+    wave = np.random.default_rng(0).standard_normal(300)
+    beta = 0.99 * min(sr, target) / sr
+    expected = []
+    for j in range(int(np.ceil(len(wave) * target / sr))):
+        n = np.arange(len(wave))
+        t = j * sr / target - n
+        kernel = beta * np.sinc(beta * t) * np.cos(t * np.pi * beta / 12) ** 2 * (np.abs(beta * t) <= 6)
+        expected.append((wave * kernel).sum())
+    np.testing.assert_allclose(resample_audio(wave, sr, target), np.array(expected, dtype=np.float32), atol=1e-5)
 
 
 def test_audio_files_and_arrays_agree(tmp_path):
@@ -458,7 +472,7 @@ def test_short_video_refused_or_repeated_when_asked(processor, tmp_path):
     with pytest.raises(NotEnoughFramesError, match="has 3 frames"):
         processor(text="<video>", videos=video_frames(3))
     batch = processor(text="<video>", videos=video_frames(3), short_video="repeat", return_tensors="pt")
-    assert batch["pixel_values_videos"].shape == (1, 8, 3, 64, 64)
+    assert batch["pixel_values_videos"].shape == (1, 8, 3, 48, 48)
     frames = load_video(video_frames(3), 8, short_video="repeat")
     assert [int(np.asarray(f).mean()) for f in frames] == [frame_values(3)[i * 3 // 8] for i in range(8)]
     assert load_video(write_video(tmp_path / "ok.mp4", num_frames=5), 8, "repeat")[-1].size == (32, 32)
@@ -472,7 +486,7 @@ def test_prompt_longer_than_context_refused_or_truncated_when_asked(processor):
     assert batch["input_ids"].shape == (1, 100)
     # truncation must not cut an image's placeholders
     with pytest.raises(
-        PromptTooLongError, match=r"would cut its image placeholders \(\d+ of 16 <image> tokens kept\)"
+        PromptTooLongError, match=r"would cut its image placeholders \(\d+ of 36 <image> tokens kept\)"
     ):
         processor(text="USER: hi <image>", images=color_image(), truncation=True, max_length=8)
     # media count towards the context: 4 x 2 min of speech = 4 x 4 chunks x 8 tokens = 128 > 100

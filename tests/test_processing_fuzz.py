@@ -188,9 +188,9 @@ def check_batch(processor, model, batch):
         name, per_item = features[kind]
         assert count == (len(batch[name]) * per_item if name in batch else 0), (kind, count)
     if "pixel_values" in batch:
-        assert batch["pixel_values"].shape[1:] == (3, 64, 64)
+        assert batch["pixel_values"].shape[1:] == (3, 48, 48)
     if "pixel_values_videos" in batch:
-        assert batch["pixel_values_videos"].shape[1:] == (processor.num_video_frames, 3, 64, 64)
+        assert batch["pixel_values_videos"].shape[1:] == (processor.num_video_frames, 3, 48, 48)
     if "sound_features" in batch:
         mask = batch["sound_features_mask"]
         assert mask.shape == batch["sound_features"].shape[:2] and (mask[:, 0] == 1).all()

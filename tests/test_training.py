@@ -78,6 +78,21 @@ def test_collator_pads_with_ignored_labels_and_concatenates_media(processor, tmp
     assert [record_modality(row) for row in rows] == [make_example(t, "train", 0)["modality"] for t in TASKS]
 
 
+def test_encoded_datasets_share_encodings_across_saved_processor_copies_only(processor, tmp_path):
+    from modeling_unimoe import UniMoEProcessor
+    from modeling_unimoe.training.collator import EncodedDataset
+
+    write_split(tmp_path, "train", 1, tasks=["image_color", "sound_beeps"])
+    rows = load_split(tmp_path, "train")
+    first = EncodedDataset(rows, UniMoECollator(processor))
+    encoded = [first[i] for i in range(len(rows))]
+    processor.save_pretrained(tmp_path / "saved")  # a later stage loads the processor its predecessor saved
+    again = EncodedDataset(rows, UniMoECollator(UniMoEProcessor.from_pretrained(tmp_path / "saved")))
+    assert all(again[i] is encoded[i] for i in range(len(rows)))
+    other = EncodedDataset(rows, UniMoECollator(processor, max_length=300))  # other settings: encoded anew
+    assert other[0] is not encoded[0] and torch.equal(other[0]["input_ids"], encoded[0]["input_ids"])
+
+
 def test_record_to_messages_routes_sounds_and_speech(tmp_path):
     sound = {"id": "x", "voice": "a.wav", "audio_kind": "sound", "conversations": [
         {"from": "human", "value": "<audio>\nHow many beeps are there?"}, {"from": "gpt", "value": "two"}]}  # fmt: skip

@@ -20,6 +20,7 @@ an `{"type": "audio"}` block) or "sound" (BEATs path, a `{"type": "sound"}` bloc
 
 from __future__ import annotations
 
+import json
 import re
 
 import torch
@@ -125,6 +126,22 @@ class UniMoECollator:
             self._space_cache[token_id] = bool(text) and not text.strip()
         return self._space_cache[token_id]
 
+    def fingerprint(self) -> str:
+        """What `encode` depends on: the processor's settings (less the `auto_map` a saved copy adds), its tokenizer
+        and chat template, and `max_length`."""
+
+        def settings(value):
+            if isinstance(value, dict):
+                return {k: settings(v) for k, v in value.items() if k != "auto_map"}
+            return value
+
+        tokenizer = self.processor.tokenizer
+        return json.dumps(
+            [settings(self.processor.to_dict()), type(tokenizer).__name__, tokenizer.get_vocab(),
+             self.processor.chat_template, self.max_length],
+            sort_keys=True, default=str,
+        )  # fmt: skip
+
     def encode(self, record) -> dict:
         """One record -> {input_ids [L], attention_mask [L], labels [L], media tensors (items first), modality}."""
         messages = record_to_messages(record)
@@ -176,15 +193,26 @@ class UniMoECollator:
         return batch
 
 
+# the encodings of the latest collator settings, shared by EncodedDatasets (so the stages run in one process encode
+# each record once)
+_ENCODED: dict[str, dict[str, dict]] = {}
+
+
 class EncodedDataset(torch.utils.data.Dataset):
     """A dataset of records, encoded by a collator on first access and kept in memory (decoding media and computing
-    Whisper / BEATs features once, not once per epoch). `modalities` lists each record's modality (for grouping)."""
+    Whisper / BEATs features once, not once per epoch, nor again in a later dataset of the same records and collator
+    settings in this process). `modalities` lists each record's modality (for grouping)."""
 
     def __init__(self, records, collator: UniMoECollator, eager: bool = False):
         self.records = records
         self.collator = collator
         self.modalities = [record_modality(records[i]) for i in range(len(records))]
-        self._cache: dict[int, dict] = {}
+        settings = collator.fingerprint()
+        if settings not in _ENCODED:
+            _ENCODED.clear()  # one set of settings at a time: memory stays bounded by one run's records
+            _ENCODED[settings] = {}
+        self._cache = _ENCODED[settings]
+        self._keys: dict[int, str] = {}
         if eager:
             for index in range(len(self)):
                 self[index]
@@ -193,9 +221,13 @@ class EncodedDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
-        if index not in self._cache:
-            self._cache[index] = self.collator.encode(self.records[index])
-        return self._cache[index]
+        if index not in self._keys:  # reading a row of a `datasets.Dataset` takes ~1 ms: once per index
+            record = self.records[index]
+            key = json.dumps(record, sort_keys=True, default=str)
+            if key not in self._cache:
+                self._cache[key] = self.collator.encode(record)
+            self._keys[index] = key
+        return self._cache[self._keys[index]]
 
 
 __all__ = ["IGNORE_INDEX", "EncodedDataset", "UniMoECollator", "record_modality", "record_to_messages"]

@@ -5,7 +5,7 @@
 
 Progressive MoE: the three tiny stages (`training.tiny`; reused from `--work` when they are there). Dense: the same
 stage-1 model, then one dense run on the same mixed training data with the stage-2 trainable set (FFN, connectors,
-vision tower) plus attention, for as many optimizer steps as stages 2 and 3 took together, at the same batch size.
+vision tower) plus attention, at stage 2's batch size, for as many examples as stages 2 and 3 took together.
 Both are exported as folders and scored by `training.evaluate` on the test split.
 """
 
@@ -43,8 +43,9 @@ def compare(work="build/tiny", moe_folder="checkpoints/uni-moe-tiny", out=None, 
     if not have or not (moe_folder / "config.json").is_file():
         run(moe_folder, work, log=log)
     write_data(work / "data", log=log)
-    steps = sum(_steps(d) for d in stage2_dirs) + _steps(work / "stage3")
-    log(f"[compare] dense run: {steps} steps (stage 2 + stage 3 of the MoE)")
+    batch = [recipe["training"]["per_device_train_batch_size"] for recipe in stages[1:]]
+    steps = sum(_steps(d) for d in stage2_dirs) + _steps(work / "stage3") * batch[1] // batch[0]
+    log(f"[compare] dense run: {steps} steps of {batch[0]} (the examples of stages 2 and 3 of the MoE)")
     run_stage(dense_recipe(work, steps), log=log)
     dense_folder = export(work / "dense" / "dense", work / "dense-export")
 

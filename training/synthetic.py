@@ -157,16 +157,17 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int = SAMPLING_RATE) -> 
     beta = 0.99 * min(orig_sr, target_sr) / orig_sr  # cutoff, in cycles per input sample x 2
     half = math.ceil(zero_crossings / beta)
     taps = np.arange(-half, half + 1)
-    padded = np.pad(wave, (half, half + 1))
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(wave, (half, half + 1)), taps.size)  # [len + 1, taps]
     num_out = math.ceil(wave.size * target_sr / orig_sr)
     out = np.empty(num_out)
     for start in range(0, num_out, 8192):
         j = np.arange(start, min(start + 8192, num_out), dtype=np.int64)
         base = (j * orig_sr) // target_sr
-        t = (((j * orig_sr) % target_sr) / target_sr)[:, None] - taps[None, :]
+        offsets, which = np.unique((j * orig_sr) % target_sr, return_inverse=True)  # the kernel once per offset seen
+        t = (offsets / target_sr)[:, None] - taps[None, :]
         kernel = beta * np.sinc(beta * t) * np.cos(t * (np.pi * beta / (2 * zero_crossings))) ** 2
         kernel *= np.abs(beta * t) <= zero_crossings
-        out[start : start + j.size] = (padded[base[:, None] + taps[None, :] + half] * kernel).sum(-1)
+        out[start : start + j.size] = (windows[base] * kernel[which]).sum(-1)
     return out.astype(np.float32)
 
 
