@@ -397,8 +397,8 @@ PRESETS = {
             "intermediate_size": 128,
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
-            "image_size": 64,
-            "patch_size": 16,
+            "image_size": 48,  # the synthetic suite's 64 px images are resized: 36 patches of 8 x 8 px
+            "patch_size": 8,
             "projection_dim": 64,
         },
         "speech_config": {

@@ -217,19 +217,19 @@ def resample_audio(waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLING
     beta = rolloff * min(orig_sr, target_sr) / orig_sr  # cutoff in cycles per input sample, times 2
     half_width = math.ceil(zero_crossings / beta)  # kernel half width in input samples
     num_out = math.ceil(len(x) * target_sr / orig_sr)
-    taps = torch.arange(-half_width, half_width + 1, dtype=torch.int64)  # [taps]
-    padded = torch.nn.functional.pad(x, (half_width, half_width + 1))
+    taps = torch.arange(-half_width, half_width + 1, dtype=torch.int64).double()  # [taps]
+    windows = torch.nn.functional.pad(x, (half_width, half_width + 1)).unfold(0, len(taps), 1)  # [len + 1, taps]
     out = torch.empty(num_out, dtype=torch.float64)
     block = 1 << 15
     for start in range(0, num_out, block):
         j = torch.arange(start, min(start + block, num_out), dtype=torch.int64)
         base = (j * orig_sr) // target_sr  # input sample at or left of each output instant
-        frac = ((j * orig_sr) % target_sr).double() / target_sr  # [n]
-        t = frac[:, None] - taps[None, :].double()  # [n, taps]: distance to each input sample
+        # its offset from that sample: one of at most target_sr values, so the kernel is computed once per offset seen
+        offsets, which = torch.unique((j * orig_sr) % target_sr, return_inverse=True)
+        t = (offsets.double() / target_sr)[:, None] - taps[None, :]  # [offsets, taps]: distance to each input sample
         kernel = beta * torch.sinc(beta * t) * torch.cos(t * (math.pi * beta / (2 * zero_crossings))).pow(2)
         kernel = kernel * ((beta * t).abs() <= zero_crossings)
-        samples = padded[(base[:, None] + taps[None, :] + half_width).clamp(0, len(padded) - 1)]  # [n, taps]
-        out[start : start + len(j)] = (samples * kernel).sum(-1)
+        out[start : start + len(j)] = (windows[base] * kernel[which]).sum(-1)
     return out.numpy().astype(np.float32)
 
 
