@@ -65,10 +65,10 @@ def write_data(data: Path, seed: int = 0, train_per_task=None, test_per_task: in
         start = time.time()
         sizes = {task: train_per_task.get(task, train_per_task[MODALITY[task]]) for task in TASKS}
         order = sorted(TASKS, key=lambda task: -sizes[task])  # the largest first
-        jobs = [(data, task, sizes[task], seed) for task in order]
         # forked, not spawned: a fresh worker would spend ~10 s importing torch; nothing has run threads here yet
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            parts = dict(zip(order, pool.map(_write_task, *zip(*jobs)), strict=True))
+            futures = {task: pool.submit(_write_task, data, task, sizes[task], seed) for task in order}
+            parts = {task: future.result() for task, future in futures.items()}
         records = [record for task in TASKS for record in parts[task]]
         (data / "train.json").write_text(json.dumps(records, indent=1) + "\n")
         log(f"[data] train: {len(records)} records in {time.time() - start:.1f} s")
