@@ -155,7 +155,7 @@ def test_batched_chats_keep_media_per_conversation(processor):
         processor_kwargs={"padding": True},
     )  # fmt: skip
     assert batch["input_ids"].shape[0] == 3
-    assert [int((row == 3).sum()) for row in batch["input_ids"]] == [16, 0, 16]
+    assert [int((row == 3).sum()) for row in batch["input_ids"]] == [36, 0, 36]
     alone = [processor(text="<image>", images=image, return_tensors="pt")["pixel_values"][0] for image in (red, blue)]
     torch.testing.assert_close(batch["pixel_values"], torch.stack(alone))
 
@@ -181,7 +181,7 @@ def test_assistant_masks_cover_replies_and_eos(processor):
     assert tokenizer.decode(ids[mask.bool()]) == " circle</s> three</s>"
     # nothing of the prompt or of the expanded placeholders is marked
     assert not mask[(ids == 3) | (ids == 4)].any()
-    assert int((ids == 3).sum()) == 16 and int((ids == 4).sum()) == 8
+    assert int((ids == 3).sum()) == 36 and int((ids == 4).sum()) == 8
     assert "pixel_values" in batch and "input_features" in batch
 
 
