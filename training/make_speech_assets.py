@@ -5,11 +5,11 @@
     python -m training.make_speech_assets   # from the repository root (or: python training/make_speech_assets.py)
 
 10 digits ("zero" ... "nine") x 48 speakers. Speaker k is the espeak accent `ACCENTS[k % 8]` with the voice variant
-`VARIANTS[(k + k // 24) % 12]` (so all 48 pairs differ), a speed of 125-195 words per minute and a pitch of 25-75 drawn from
-`numpy.random.default_rng(0)`. espeak-ng's 22.05 kHz output is resampled to 16 kHz (`synthetic.resample`), trimmed to
-the speech plus 30 ms each side, peak-normalised to 0.9 and stored as 16-bit mono FLAC. `speakers.json` records each
-speaker's settings and split (`synthetic.SPEECH_SPEAKERS`: 0-15 and 24-47 train, 16-19 validation, 20-23 test), so validation
-and test clips use accent / variant / speed / pitch combinations that training never hears.
+`VARIANTS[(k + k // 24) % 12]` (so all 48 pairs differ), a speed of 125-195 words per minute and a pitch of 25-75
+drawn from `numpy.random.default_rng(0)`. espeak-ng's 22.05 kHz output is resampled to 16 kHz (`synthetic.resample`),
+trimmed to the speech plus 30 ms each side, peak-normalised to 0.9 and stored as 16-bit mono FLAC. `speakers.json`
+records each speaker's settings and split (`synthetic.SPEECH_SPEAKERS`: 0-15 and 24-47 train, 16-19 validation, 20-23
+test), so validation and test clips use accent / variant / speed / pitch combinations that training never hears.
 
 The output is deterministic for a given espeak-ng and libsndfile version (espeak-ng is deterministic; run twice, the
 files are byte-identical); another espeak-ng version may change the sound slightly, not the task.

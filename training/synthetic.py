@@ -20,9 +20,9 @@ sampling rates) is drawn at random, which is what a model learns to generalise o
 
 Spoken digits come from clips made once with espeak-ng (`training/make_speech_assets.py`) and checked in under
 `training/assets/speech/`: 10 digits x 48 speakers (an espeak accent + voice variant + speed + pitch each). Speakers
-0-15 and 24-47 are used by `train`, 16-19 by `validation` and 20-23 by `test` only, so validation and test speech comes from
-accent / speed / pitch combinations never heard in training. Each example also augments its clip: a random speed
-(0.9-1.1x, by resampling from a random rate), leading / trailing silence, gain and light noise.
+0-15 and 24-47 are used by `train`, 16-19 by `validation` and 20-23 by `test` only, so validation and test speech
+comes from accent / speed / pitch combinations never heard in training. Each example also augments its clip: a random
+speed (0.9-1.1x, by resampling from a random rate), leading / trailing silence, gain and light noise.
 
 Sounds and speech are generated at any sampling rate (`sampling_rate=`; by default a random one of `SOUND_RATES`, to
 exercise resampling downstream); `resample` takes any waveform to 16 kHz (`SAMPLING_RATE`), the rate inside the model.
@@ -45,7 +45,6 @@ mp4 is what the processor's video loader reads.
 """
 
 import json
-import math
 from functools import cache
 from pathlib import Path
 
@@ -144,31 +143,17 @@ def _check_rate(sampling_rate) -> None:
 
 
 def resample(wave: np.ndarray, orig_sr: int, target_sr: int = SAMPLING_RATE) -> np.ndarray:
-    """Band-limited resampling of a 1-D waveform between any two integer rates (Hann-windowed sinc, 6 zero crossings,
-    cutoff 0.99 x the lower Nyquist rate). Output: float32, ceil(len * target_sr / orig_sr) samples."""
+    """Band-limited resampling of a 1-D waveform between any two integer rates: the processor's `resample_audio`
+    (Hann-windowed sinc, 6 zero crossings, cutoff 0.99 x the lower Nyquist rate) with argument checks. Output:
+    float32, ceil(len * target_sr / orig_sr) samples."""
+    from modeling_unimoe.processing.processing_unimoe import resample_audio
+
     _check_int("orig_sr", orig_sr, 1)
     _check_int("target_sr", target_sr, 1)
     wave = np.asarray(wave, dtype=np.float64)
     if wave.ndim != 1:
         raise ValueError(f"resample expects a 1-D waveform, got shape {wave.shape}.")
-    if orig_sr == target_sr or wave.size == 0:
-        return wave.astype(np.float32)
-    zero_crossings = 6
-    beta = 0.99 * min(orig_sr, target_sr) / orig_sr  # cutoff, in cycles per input sample x 2
-    half = math.ceil(zero_crossings / beta)
-    taps = np.arange(-half, half + 1)
-    windows = np.lib.stride_tricks.sliding_window_view(np.pad(wave, (half, half + 1)), taps.size)  # [len + 1, taps]
-    num_out = math.ceil(wave.size * target_sr / orig_sr)
-    out = np.empty(num_out)
-    for start in range(0, num_out, 8192):
-        j = np.arange(start, min(start + 8192, num_out), dtype=np.int64)
-        base = (j * orig_sr) // target_sr
-        offsets, which = np.unique((j * orig_sr) % target_sr, return_inverse=True)  # the kernel once per offset seen
-        t = (offsets / target_sr)[:, None] - taps[None, :]
-        kernel = beta * np.sinc(beta * t) * np.cos(t * (np.pi * beta / (2 * zero_crossings))) ** 2
-        kernel *= np.abs(beta * t) <= zero_crossings
-        out[start : start + j.size] = (windows[base] * kernel[which]).sum(-1)
-    return out.astype(np.float32)
+    return resample_audio(wave, int(orig_sr), int(target_sr))
 
 
 def _tone(freq: float, samples: int, rate: int, rng) -> np.ndarray:
