@@ -17,7 +17,7 @@ from modeling_unimoe.training.stages import (
     set_trainable,
 )
 from modeling_unimoe.training.synthetic import TASKS, load_split, make_example, write_split
-from modeling_unimoe.training.train import ModalityGroupedSampler, load_recipe, load_records
+from modeling_unimoe.training.train import ModalityGroupedSampler, expert_recipe, load_recipe, load_records
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -240,6 +240,19 @@ def test_load_records_keeps_the_first_max_per_task_records_of_each_task(tmp_path
         ValueError, match=r"`data.max_per_task` must be a positive int or \{task: positive int\}; got 0"
     ):
         load_records({"path": str(tmp_path), "max_per_task": 0})
+
+
+def test_stage2_expert_settings_override_the_recipe_key_by_key():
+    recipe = {"stage": 2, "data": {"path": "d", "split": "train"}, "training": {"num_train_epochs": 10, "seed": 0}}
+    spec = {"modalities": ["image"], "training": {"num_train_epochs": 7}, "data": {"max_per_task": {"image_color": 3}}}
+    run, modalities, extra = expert_recipe(recipe, "vision", spec, ["towers"])
+    assert run["training"] == {"num_train_epochs": 7, "seed": 0}
+    assert run["data"] == {"path": "d", "split": "train", "max_per_task": {"image_color": 3}}
+    assert (modalities, extra, run["stage"]) == (["image"], ["towers"], 2)
+    assert recipe["training"]["num_train_epochs"] == 10 and "max_per_task" not in recipe["data"]
+    assert expert_recipe(recipe, "text", ["text"], []) == (recipe, ["text"], [])
+    with pytest.raises(ValueError, match=r"Stage-2 expert 'vision' has unknown keys \['epochs'\]; allowed: "):
+        expert_recipe(recipe, "vision", {"modalities": ["image"], "epochs": 3}, [])
 
 
 def test_modality_grouped_sampler_builds_single_modality_batches():

@@ -14,7 +14,8 @@ A recipe (paths relative to the working directory) holds:
            max_per_task: 600}                           # or {task: N}: the first N records of each (listed) task
     extra_trainable: [towers]                           # on top of the stage's own (tiny towers are untrained)
     experts: {vision: [image, video], speech: {modalities: [speech], training: {num_train_epochs: 8},
-              extra_trainable: [towers]}}          # stage 2: one dense model per entry, trained on its data
+              data: {max_per_task: 300}, extra_trainable: [towers]}}   # stage 2: one dense model per entry,
+                                                    # trained on its data (`training` / `data` keys override)
     moe: {base: FOLDER, sources: {name: FOLDER}, experts: [name, ...], moe_layers: all, top_k: 2,
           router_aux_loss_coef: 0.01}                   # stage 3
     lora: {r: 8, alpha: 16, dropout: 0.05, targets: [q_proj, ...], modules_to_save: []}   # stage 3
@@ -257,6 +258,24 @@ def _write_summary(trainer, folder):
     (Path(folder) / "train_summary.json").write_text(json.dumps(trainer.summary, indent=1) + "\n")
 
 
+EXPERT_KEYS = ("modalities", "training", "data", "extra_trainable")
+
+
+def expert_recipe(recipe: dict, name, spec, extra: list) -> tuple[dict, list | None, list]:
+    """A stage-2 expert's (recipe, modalities, extra_trainable). `spec` is its modalities, or a dict of `EXPERT_KEYS`
+    whose `training` and `data` entries override the recipe's key by key."""
+    if not isinstance(spec, dict):
+        return recipe, spec, extra
+    unknown = sorted(set(spec) - set(EXPERT_KEYS))
+    if unknown:
+        raise ValueError(
+            f"Stage-2 expert {name!r} has unknown keys {unknown}; allowed: {list(EXPERT_KEYS)}. "
+            f"Example: {{modalities: [image], training: {{num_train_epochs: 5}}, data: {{max_per_task: 300}}}}."
+        )
+    merged = {key: {**(recipe.get(key) or {}), **(spec.get(key) or {})} for key in ("training", "data")}
+    return {**recipe, **merged}, spec.get("modalities"), spec.get("extra_trainable", extra) or []
+
+
 def run_stage(recipe: dict, log=print) -> list[Path]:
     """Run the recipe's stage; returns the folders it wrote."""
     stage, out = recipe["stage"], Path(recipe.get("output_dir", f"build/stage{recipe['stage']}"))
@@ -274,11 +293,7 @@ def run_stage(recipe: dict, log=print) -> list[Path]:
         for name, spec in runs.items():
             if only is not None and name not in ([only] if isinstance(only, str) else only):
                 continue
-            run_recipe, modalities, run_extra = recipe, spec, extra
-            if isinstance(spec, dict):  # {modalities, training, extra_trainable}: per-expert settings
-                modalities = spec.get("modalities")
-                run_recipe = {**recipe, "training": {**(recipe.get("training") or {}), **(spec.get("training") or {})}}
-                run_extra = spec.get("extra_trainable", extra) or []
+            run_recipe, modalities, run_extra = expert_recipe(recipe, name, spec, extra)
             torch.manual_seed(seed)
             model = load_model(init, preset_overrides=preset_overrides)
             if model.config.text_config.moe_layer_indices:
