@@ -38,7 +38,7 @@ from .train import load_recipe, run_stage
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 # training examples per task: per modality, or per task where a task is named (stage 2 trains the vision, speech and
-# sound experts on all of them; stages 1 and 3 read the first 600 of each: `data.max_per_task` in their recipes)
+# sound experts on all of them; stages 1 and 3 read fewer: `data.max_per_task` in their recipes)
 TRAIN_PER_TASK = {"image": 600, "image_shape": 2400, "image_count": 1200, "video": 1200, "text": 600, "speech": 1200,
                   "sound": 600, "sound_beeps": 2400}  # fmt: skip
 TEST_PER_TASK = 50
