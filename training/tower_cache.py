@@ -3,9 +3,9 @@
 
 A frozen tower gives the same output for the same input every epoch, and the towers are by far the most expensive part
 of a small model's step (each 30 s audio chunk is ~1500 encoder positions, each video 8 CLIP images).
-`cached_frozen_towers` swaps each frozen tower for a wrapper that computes a row once and then serves it from memory (keyed by the bytes
-of the input row and its mask), and puts the original towers back on exit, so saved weights are untouched. Towers
-with any trainable parameter are left alone.
+`cached_frozen_towers` swaps each frozen tower for a wrapper that computes a row once and then serves it from memory
+(keyed by the bytes of the input row and its mask), and puts the original towers back on exit, so saved weights are
+untouched. Towers with any trainable parameter are left alone.
 
     with cached_frozen_towers(model):
         trainer.train()
