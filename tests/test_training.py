@@ -14,6 +14,7 @@ from modeling_unimoe.training.stages import (
     component_of,
     dense_config,
     freeze_for_stage,
+    load_model,
     set_trainable,
 )
 from modeling_unimoe.training.synthetic import TASKS, load_split, make_example, write_split
@@ -91,6 +92,23 @@ def test_encoded_datasets_share_encodings_across_saved_processor_copies_only(pro
     assert all(again[i] is encoded[i] for i in range(len(rows)))
     other = EncodedDataset(rows, UniMoECollator(processor, max_length=300))  # other settings: encoded anew
     assert other[0] is not encoded[0] and torch.equal(other[0]["input_ids"], encoded[0]["input_ids"])
+
+
+def test_encoding_in_worker_processes_gives_the_same_encodings(processor, tmp_path):
+    from modeling_unimoe.training.collator import _ENCODED, EncodedDataset
+
+    write_split(tmp_path, "train", 2, tasks=["image_color", "video_direction", "sound_beeps", "speech_digit"])
+    rows = load_split(tmp_path, "train")
+    _ENCODED.clear()
+    here = [EncodedDataset(rows, UniMoECollator(processor))[i] for i in range(len(rows))]
+    _ENCODED.clear()
+    dataset = EncodedDataset(rows, UniMoECollator(processor), eager=True, workers=2)
+    assert len(dataset._keys) == len(rows)  # all encoded up front
+    for mine, theirs in zip(here, (dataset[i] for i in range(len(rows))), strict=True):
+        assert mine.keys() == theirs.keys() and mine["modality"] == theirs["modality"]
+        for name, value in mine.items():
+            if isinstance(value, torch.Tensor):
+                assert value.dtype == theirs[name].dtype and torch.equal(value, theirs[name]), name
 
 
 def test_record_to_messages_routes_sounds_and_speech(tmp_path):
@@ -253,6 +271,25 @@ def test_stage2_expert_settings_override_the_recipe_key_by_key():
     assert expert_recipe(recipe, "text", ["text"], []) == (recipe, ["text"], [])
     with pytest.raises(ValueError, match=r"Stage-2 expert 'vision' has unknown keys \['epochs'\]; allowed: "):
         expert_recipe(recipe, "vision", {"modalities": ["image"], "epochs": 3}, [])
+
+
+def test_luminance_patch_init_ties_the_first_channels_across_rgb_and_keeps_the_rest():
+    torch.manual_seed(0)
+    plain = load_model("preset:tiny:dense").model.vision_tower.get_input_embeddings().weight
+    torch.manual_seed(0)
+    model = load_model("preset:tiny:dense", luminance_patch_channels=32)
+    tied = model.model.vision_tower.get_input_embeddings().weight
+    torch.testing.assert_close(tied[:32], plain[:32, :1].expand(-1, 3, -1, -1) / 3**0.5, rtol=0, atol=0)
+    torch.testing.assert_close(tied[32:], plain[32:], rtol=0, atol=0)
+    # a white patch and a coloured one of the same luminance give the same luminance channels, different others
+    gray, red = torch.zeros(1, 3, 8, 8), torch.tensor([0.6, -0.3, -0.3]).view(1, 3, 1, 1).expand(1, 3, 8, 8)
+    out = torch.nn.functional.conv2d(torch.cat([gray, red]), tied)
+    torch.testing.assert_close(out[0, :32], out[1, :32], rtol=0, atol=1e-6)
+    assert (out[0, 32:] - out[1, 32:]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"luminance_patch_channels must be an integer 0\.\.64 .* got 65\."):
+        load_model("preset:tiny:dense", luminance_patch_channels=65)
+    with pytest.raises(ValueError, match=r"apply to a `preset:` start only .* got init 'build/x'\."):
+        load_model("build/x", luminance_patch_channels=32)
 
 
 def test_modality_grouped_sampler_builds_single_modality_batches():

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import torch
 
 
@@ -203,7 +204,7 @@ class EncodedDataset(torch.utils.data.Dataset):
     Whisper / BEATs features once, not once per epoch, nor again in a later dataset of the same records and collator
     settings in this process). `modalities` lists each record's modality (for grouping)."""
 
-    def __init__(self, records, collator: UniMoECollator, eager: bool = False):
+    def __init__(self, records, collator: UniMoECollator, eager: bool = False, workers: int = 0):
         self.records = records
         self.collator = collator
         self.modalities = [record_modality(records[i]) for i in range(len(records))]
@@ -214,8 +215,25 @@ class EncodedDataset(torch.utils.data.Dataset):
         self._cache = _ENCODED[settings]
         self._keys: dict[int, str] = {}
         if eager:
-            for index in range(len(self)):
+            self.encode_all(workers)
+
+    def encode_all(self, workers: int = 0) -> None:
+        """Encode every record now: here (`workers=0`), or in `workers` DataLoader worker processes (forked, one
+        thread each), which send the encodings back as numpy arrays (pickled: no shared-memory handle per tensor)."""
+        todo = [index for index in range(len(self)) if index not in self._keys]
+        if workers <= 0:
+            for index in todo:
                 self[index]
+            return
+        loader = torch.utils.data.DataLoader(
+            _EncodeRecords(self, todo), batch_size=32, num_workers=workers, collate_fn=_as_list
+        )
+        for batch in loader:
+            for index, key, example in batch:
+                if key not in self._cache:
+                    self._cache[key] = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                                        for k, v in example.items()}  # fmt: skip
+                self._keys[index] = key
 
     def __len__(self) -> int:
         return len(self.records)
@@ -228,6 +246,29 @@ class EncodedDataset(torch.utils.data.Dataset):
                 self._cache[key] = self.collator.encode(record)
             self._keys[index] = key
         return self._cache[self._keys[index]]
+
+
+class _EncodeRecords(torch.utils.data.Dataset):
+    """(index, cache key, encoding as numpy arrays) of the listed records of an EncodedDataset, for worker processes."""
+
+    def __init__(self, dataset: EncodedDataset, indices: list[int]):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        index = self.indices[i]
+        record = self.dataset.records[index]
+        key = json.dumps(record, sort_keys=True, default=str)
+        if key in self.dataset._cache:  # encoded before the workers were forked: the parent has it
+            return index, key, None
+        example = self.dataset.collator.encode(record)
+        return index, key, {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in example.items()}
+
+
+def _as_list(items):
+    return items
 
 
 __all__ = ["IGNORE_INDEX", "EncodedDataset", "UniMoECollator", "record_modality", "record_to_messages"]

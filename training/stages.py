@@ -26,6 +26,7 @@ vision tower and projector only). The stages of the paper:
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 
@@ -150,20 +151,45 @@ def dense_config(config: UniMoEConfig) -> UniMoEConfig:
     return config
 
 
-def load_model(source, dtype=torch.float32, preset_overrides=None) -> UniMoEForCausalLM:
+@torch.no_grad()
+def luminance_patch_init(model: UniMoEForCausalLM, channels: int) -> None:
+    """Make the first `channels` output channels of the (random) CLIP patch embedding see luminance only: each takes
+    the same random weights for R, G and B (scaled by 1/sqrt(3)), so a shape's outline projects the same way
+    whatever its colour. The other channels keep their independent random weights, and with them the colour. For a
+    tower that starts untrained and stays frozen (the tiny recipe), where every colour would otherwise need its own
+    read-out of the same geometry."""
+    tower = model.model.vision_tower
+    if tower is None:
+        raise ValueError("luminance_patch_channels needs a model with a vision tower; this one has none.")
+    weight = tower.get_input_embeddings().weight  # [hidden, 3, patch, patch]
+    if isinstance(channels, bool) or not isinstance(channels, int) or not 0 <= channels <= weight.shape[0]:
+        raise ValueError(
+            f"luminance_patch_channels must be an integer 0..{weight.shape[0]} (the CLIP hidden size), got "
+            f"{channels!r}."
+        )
+    weight[:channels] = weight[:channels, :1].expand(-1, weight.shape[1], -1, -1) / math.sqrt(weight.shape[1])
+
+
+def load_model(source, dtype=torch.float32, preset_overrides=None, luminance_patch_channels=0) -> UniMoEForCausalLM:
     """A model instance, a saved folder, or `preset:NAME` / `preset:NAME:dense` (random weights; `preset_overrides`
-    are passed to `UniMoEConfig.from_preset`)."""
+    are passed to `UniMoEConfig.from_preset`, `luminance_patch_channels` to `luminance_patch_init`)."""
     if isinstance(source, UniMoEForCausalLM):
         return source
     source = str(source)
-    if preset_overrides and not source.startswith("preset:"):
-        raise ValueError(f"`model.config` overrides apply to a `preset:` start only; got init {source!r}.")
+    if (preset_overrides or luminance_patch_channels) and not source.startswith("preset:"):
+        raise ValueError(
+            f"`model.config` and `model.luminance_patch_channels` apply to a `preset:` start only (random weights); "
+            f"got init {source!r}."
+        )
     if source.startswith("preset:"):
         _, name, *flags = source.split(":")
         config = UniMoEConfig.from_preset(name, **(preset_overrides or {}))
         if "dense" in flags:
             config = dense_config(config)
-        return UniMoEForCausalLM(config).to(dtype)
+        model = UniMoEForCausalLM(config).to(dtype)
+        if luminance_patch_channels:
+            luminance_patch_init(model, luminance_patch_channels)
+        return model
     if not Path(source).is_dir():
         raise ValueError(f"No model folder at {source!r}; expected a saved stage output or 'preset:NAME[:dense]'.")
     return UniMoEForCausalLM.from_pretrained(source, dtype=dtype)

@@ -12,8 +12,9 @@ under `build/tiny/`), and exports the merged stage-3 model with its processor an
 The tiny model has no pretrained weights at all: its CLIP, Whisper and BEATs towers and its LLM start random. The
 tiny recipes therefore also train the LLM in stage 1 and the speech and sound towers with their experts in stage 2,
 where the paper keeps pretrained parts frozen; the vision tower stays at its random weights (training it from scratch
-here made the image features worse, and costs more than the 15 minutes allow). Frozen towers' outputs are served from a
-cache. Audio is cut into 3 s chunks (`audio_chunk_seconds`, 30 s as released) so the audio towers can be trained on
+here made the image features worse, and costs more than the 15 minutes allow), with half of its patch-embedding
+channels tied across R, G and B (`stages.luminance_patch_init`) so that a shape's outline gives the same features in
+every colour. Frozen towers' outputs are served from a cache. Audio is cut into 3 s chunks (`audio_chunk_seconds`, 30 s as released) so the audio towers can be trained on
 a CPU. Stage 2's experts are independent and run `--workers` at a time (default: one per core), one thread each.
 """
 
@@ -39,7 +40,7 @@ from .train import load_recipe, run_stage
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 # training examples per task: per modality, or per task where a task is named (stage 2 trains the vision, speech and
 # sound experts on all of them; stages 1 and 3 read fewer: `data.max_per_task` in their recipes)
-TRAIN_PER_TASK = {"image": 600, "image_shape": 2400, "image_count": 1200, "video": 1200, "text": 600, "speech": 1200,
+TRAIN_PER_TASK = {"image": 600, "image_shape": 2400, "image_count": 2400, "video": 1200, "text": 600, "speech": 1200,
                   "sound": 600, "sound_beeps": 2400}  # fmt: skip
 TEST_PER_TASK = 50
 

@@ -9,7 +9,8 @@ A recipe (paths relative to the working directory) holds:
 
     stage: 1 | 2 | 3
     model: {init: preset:tiny:dense | FOLDER,          # stages 1-2; stage 3 takes `moe` instead
-            config: {audio_chunk_seconds: 3}}           # from_preset overrides (a preset start only)
+            config: {audio_chunk_seconds: 3},           # from_preset overrides (a preset start only)
+            luminance_patch_channels: 32}               # stages.luminance_patch_init (a preset start only)
     data: {path: build/tiny/data, split: train, modalities: [image, ...], generate: {n_per_task: 200, seed: 0},
            max_per_task: 600}                           # or {task: N}: the first N records of each (listed) task
     extra_trainable: [towers]                           # on top of the stage's own (tiny towers are untrained)
@@ -21,6 +22,7 @@ A recipe (paths relative to the working directory) holds:
     lora: {r: 8, alpha: 16, dropout: 0.05, targets: [q_proj, ...], modules_to_save: []}   # stage 3
     group_by_modality: true                             # batches of one modality
     cache_frozen_towers: true                           # compute frozen towers once per example
+    encode_workers: 2                                   # encode the records up front in 2 processes (0: lazily)
     max_length: 2048
     output_dir: build/tiny/stage1
     training: {...}                                     # TrainingArguments fields
@@ -228,7 +230,8 @@ def _train(model, processor, recipe, output_dir, modalities=None, log=print):
     collator = UniMoECollator(processor, max_length=recipe.get("max_length"))
     with args.main_process_first(desc="training data"):
         records = load_records(recipe.get("data") or {}, modalities)
-    dataset = EncodedDataset(records, collator)
+    workers = int(recipe.get("encode_workers", 0))
+    dataset = EncodedDataset(records, collator, eager=workers > 0, workers=workers)
     trainer = UniMoETrainer(
         model=model,
         args=args,
@@ -286,6 +289,7 @@ def run_stage(recipe: dict, log=print) -> list[Path]:
     if stage in (1, 2):
         init = (recipe.get("model") or {}).get("init", "preset:tiny:dense")
         preset_overrides = (recipe.get("model") or {}).get("config")
+        luminance = (recipe.get("model") or {}).get("luminance_patch_channels", 0)
         runs = {None: None} if stage == 1 else dict(recipe.get("experts") or {})
         if not runs:
             raise ValueError("A stage-2 recipe needs `experts: {name: [modalities]}` (one dense FFN per entry).")
@@ -295,7 +299,7 @@ def run_stage(recipe: dict, log=print) -> list[Path]:
                 continue
             run_recipe, modalities, run_extra = expert_recipe(recipe, name, spec, extra)
             torch.manual_seed(seed)
-            model = load_model(init, preset_overrides=preset_overrides)
+            model = load_model(init, preset_overrides=preset_overrides, luminance_patch_channels=luminance)
             if model.config.text_config.moe_layer_indices:
                 raise ValueError(f"Stages 1 and 2 train a dense model; {init} has MoE layers.")
             processor = _processor_for(model, init)
