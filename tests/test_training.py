@@ -281,7 +281,7 @@ def test_luminance_patch_init_ties_the_first_channels_across_rgb_and_keeps_the_r
     tied = model.model.vision_tower.get_input_embeddings().weight
     torch.testing.assert_close(tied[:32], plain[:32, :1].expand(-1, 3, -1, -1) / 3**0.5, rtol=0, atol=0)
     torch.testing.assert_close(tied[32:], plain[32:], rtol=0, atol=0)
-    # a white patch and a coloured one of the same luminance give the same luminance channels, different others
+    # two patches with the same R + G + B (after normalisation): the same luminance channels, different others
     gray, red = torch.zeros(1, 3, 8, 8), torch.tensor([0.6, -0.3, -0.3]).view(1, 3, 1, 1).expand(1, 3, 8, 8)
     out = torch.nn.functional.conv2d(torch.cat([gray, red]), tied)
     torch.testing.assert_close(out[0, :32], out[1, :32], rtol=0, atol=1e-6)

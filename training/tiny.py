@@ -4,7 +4,7 @@
     python -m modeling_unimoe.training.tiny                      # -> checkpoints/uni-moe-tiny/
     python -m modeling_unimoe.training.tiny --evaluate           # then the test-split accuracy table
 
-Writes the synthetic data once (seeded) under `build/tiny/data` (`TRAIN_PER_TASK`: the beep-count and spoken-digit
+Writes the synthetic data once (seeded) under `build/tiny/data` (`TRAIN_PER_TASK`: the vision, sound and speech
 experts get more examples than stages 1 and 3 read), runs recipes/tiny/stage{1,2,3}.yaml (stage outputs
 under `build/tiny/`), and exports the merged stage-3 model with its processor and pipeline to `--out`, as
 `hub_export.build` writes a folder. Prints the time of each stage.
@@ -14,8 +14,9 @@ tiny recipes therefore also train the LLM in stage 1 and the speech and sound to
 where the paper keeps pretrained parts frozen; the vision tower stays at its random weights (training it from scratch
 here made the image features worse, and costs more than the 15 minutes allow), with half of its patch-embedding
 channels tied across R, G and B (`stages.luminance_patch_init`) so that a shape's outline gives the same features in
-every colour. Frozen towers' outputs are served from a cache. Audio is cut into 3 s chunks (`audio_chunk_seconds`, 30 s as released) so the audio towers can be trained on
-a CPU. Stage 2's experts are independent and run `--workers` at a time (default: one per core), one thread each.
+every colour. Frozen towers' outputs are served from a cache. Audio is cut into 3 s chunks (`audio_chunk_seconds`,
+30 s as released) so the audio towers can be trained on a CPU. Stage 2's experts are independent and run `--workers`
+at a time (default: one per core), one thread each.
 """
 
 from __future__ import annotations

@@ -230,7 +230,9 @@ def _train(model, processor, recipe, output_dir, modalities=None, log=print):
     collator = UniMoECollator(processor, max_length=recipe.get("max_length"))
     with args.main_process_first(desc="training data"):
         records = load_records(recipe.get("data") or {}, modalities)
-    workers = int(recipe.get("encode_workers", 0))
+    workers = recipe.get("encode_workers", 0)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"`encode_workers` must be an integer >= 0 (0: encode lazily), got {workers!r}.")
     dataset = EncodedDataset(records, collator, eager=workers > 0, workers=workers)
     trainer = UniMoETrainer(
         model=model,
