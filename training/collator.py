@@ -199,6 +199,11 @@ class UniMoECollator:
 _ENCODED: dict[str, dict[str, dict]] = {}
 
 
+def _record_key(record) -> str:
+    """A record's key in the encodings cache: its canonical JSON."""
+    return json.dumps(record, sort_keys=True, default=str)
+
+
 class EncodedDataset(torch.utils.data.Dataset):
     """A dataset of records, encoded by a collator on first access and kept in memory (decoding media and computing
     Whisper / BEATs features once, not once per epoch, nor again in a later dataset of the same records and collator
@@ -241,7 +246,7 @@ class EncodedDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         if index not in self._keys:  # reading a row of a `datasets.Dataset` takes ~1 ms: once per index
             record = self.records[index]
-            key = json.dumps(record, sort_keys=True, default=str)
+            key = _record_key(record)
             if key not in self._cache:
                 self._cache[key] = self.collator.encode(record)
             self._keys[index] = key
@@ -260,7 +265,7 @@ class _EncodeRecords(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         index = self.indices[i]
         record = self.dataset.records[index]
-        key = json.dumps(record, sort_keys=True, default=str)
+        key = _record_key(record)
         if key in self.dataset._cache:  # encoded before the workers were forked: the parent has it
             return index, key, None
         example = self.dataset.collator.encode(record)
