@@ -19,6 +19,7 @@ Example:
 import argparse
 import copy
 import gc
+import inspect
 import json
 import re
 import shutil
@@ -448,12 +449,7 @@ def build_config(variant: Variant, src: Sources, stage_keys: dict, clip: Path, w
                 "The BEATs checkpoint is a fine-tuned classifier (cfg.finetuned_model=True): with it the original "
                 "returns class probabilities instead of features. Pass the pre-trained BEATs_iter3_plus_AS2M.pt."
             )
-        fields = (
-            set(UniMoEBEATsConfig.__dataclass_fields__)
-            if hasattr(UniMoEBEATsConfig, "__dataclass_fields__")
-            else set()
-        )
-        fields |= set(UniMoEBEATsConfig.__annotations__)
+        fields = set(inspect.signature(UniMoEBEATsConfig.__init__).parameters) - {"self", "kwargs"}
         preset["audio_config"] = {k: v for k, v in beats_cfg.items() if k in fields}
         preset["audio_qformer_config"] = _qformer_config(src, stage_keys)
         preset["sound_token_id"] = vocab + 1

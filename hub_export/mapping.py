@@ -238,6 +238,17 @@ RULES = (
         stages=("beats",),
         only_if_target_missing="drop",
     ),
+    # torch's weight-norm parametrization names of the positional conv's g and v
+    Rule(
+        r"encoder\.pos_conv\.0\.weight_g",
+        "model.sound_tower.encoder.pos_conv.0.parametrizations.weight.original0",
+        stages=("beats",),
+    ),
+    Rule(
+        r"encoder\.pos_conv\.0\.weight_v",
+        "model.sound_tower.encoder.pos_conv.0.parametrizations.weight.original1",
+        stages=("beats",),
+    ),
     Rule(r"(.+)", r"model.sound_tower.\1", stages=("beats",)),
 )
 

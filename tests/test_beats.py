@@ -135,8 +135,20 @@ def ref_attention(x, sd, p, cfg, mask, bias_table):
     return out @ sd[p + "out_proj.weight"].T + sd[p + "out_proj.bias"]
 
 
+def original_names(state_dict: dict) -> dict:
+    """Our state dict under the original BEATs key names: torch's weight-norm parametrization of the positional conv
+    is `weight_g` / `weight_v` there (every transformers release renames them at load)."""
+    renames = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}
+    out = {}
+    for key, value in state_dict.items():
+        for new, old in renames.items():
+            key = key.replace(new, old)
+        out[key] = value
+    return out
+
+
 def reference_forward(model, fbank, frame_mask):
-    cfg, sd = model.config, {k: v.detach() for k, v in model.state_dict().items()}
+    cfg, sd = model.config, original_names({k: v.detach() for k, v in model.state_dict().items()})
     patch = cfg.input_patch_size
     x = (fbank - cfg.fbank_mean) / (2 * cfg.fbank_std)
     batch, frames, mel = x.shape
@@ -278,7 +290,7 @@ def test_padding_isolation():
 def test_state_dict_keys_match_original():
     for overrides in VARIANTS.values():
         config = tiny_config(**overrides)
-        ours = list(UniMoEBEATsModel(config).state_dict())
+        ours = list(original_names(UniMoEBEATsModel(config).state_dict()))
         original = original_state_dict_keys(config)
         duplicates = [k for k in original if re.fullmatch(BEATS_DUPLICATE_KEYS_PATTERN, k)]
         assert sorted(ours) == sorted(set(original) - set(duplicates))
@@ -296,7 +308,7 @@ def test_state_dict_keys_match_original():
 
 def test_released_config_shapes():
     config = UniMoEBEATsConfig()
-    shapes = {k: tuple(v.shape) for k, v in UniMoEBEATsModel(config).state_dict().items()}
+    shapes = {k: tuple(v.shape) for k, v in original_names(UniMoEBEATsModel(config).state_dict()).items()}
     assert sorted(shapes) == sorted(
         k for k in original_state_dict_keys(config) if not re.fullmatch(BEATS_DUPLICATE_KEYS_PATTERN, k)
     )

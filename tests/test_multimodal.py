@@ -20,10 +20,10 @@ def test_features_land_exactly_on_their_placeholders(tiny_model):
     with torch.no_grad():
         tiny_model(**inputs)
         expected = {
-            config.image_token_id: model.get_image_features(inputs["pixel_values"]),
-            config.video_token_id: model.get_video_features(inputs["pixel_values_videos"]),
-            config.audio_token_id: model.get_speech_features(inputs["input_features"]),
-            config.sound_token_id: model.get_sound_features(inputs["sound_features"], inputs["sound_features_mask"]),
+            config.image_token_id: model.get_image_features(inputs["pixel_values"]).pooler_output,
+            config.video_token_id: model.get_video_features(inputs["pixel_values_videos"]).pooler_output,
+            config.audio_token_id: model.get_speech_features(inputs["input_features"]).pooler_output,
+            config.sound_token_id: model.get_sound_features(inputs["sound_features"], inputs["sound_features_mask"]).pooler_output,
         }
         text_embeds = model.get_input_embeddings()(inputs["input_ids"])
     hook.remove()
@@ -39,10 +39,10 @@ def test_feature_shapes(tiny_model):
     inputs = media_prompt(config)
     hidden = config.text_config.hidden_size
     with torch.no_grad():
-        assert model.get_image_features(inputs["pixel_values"]).shape == (1, config.image_seq_length, hidden)
-        assert model.get_video_features(inputs["pixel_values_videos"]).shape == (1, config.image_seq_length, hidden)
-        assert model.get_speech_features(inputs["input_features"]).shape == (2, config.num_speech_query_tokens, hidden)
-        sound = model.get_sound_features(inputs["sound_features"], inputs["sound_features_mask"])
+        assert model.get_image_features(inputs["pixel_values"]).pooler_output.shape == (1, config.image_seq_length, hidden)
+        assert model.get_video_features(inputs["pixel_values_videos"]).pooler_output.shape == (1, config.image_seq_length, hidden)
+        assert model.get_speech_features(inputs["input_features"]).pooler_output.shape == (2, config.num_speech_query_tokens, hidden)
+        sound = model.get_sound_features(inputs["sound_features"], inputs["sound_features_mask"]).pooler_output
         assert sound.shape == (2, config.num_sound_query_tokens, hidden)
 
 
@@ -52,9 +52,9 @@ def test_video_is_the_frame_mean_of_the_image_path_as_released():
     model = UniMoEForCausalLM(UniMoEConfig.from_preset("tiny", video_pooling="mean")).eval()
     video = torch.randn(2, model.config.num_video_frames, 3, 48, 48)
     with torch.no_grad():
-        got = model.model.get_video_features(video)
-        frames = torch.stack([model.model.get_image_features(v) for v in video])  # [2, frames, patches, hidden]
-        reversed_order = model.model.get_video_features(video.flip(1))
+        got = model.model.get_video_features(video).pooler_output
+        frames = torch.stack([model.model.get_image_features(v).pooler_output for v in video])  # [2, frames, patches, hidden]
+        reversed_order = model.model.get_video_features(video.flip(1)).pooler_output
     assert not hasattr(model.model.vision_projector, "frame_weights")
     torch.testing.assert_close(got, frames.mean(dim=1))
     torch.testing.assert_close(reversed_order, got)
@@ -67,26 +67,26 @@ def test_weighted_video_pooling_tells_the_frame_order(tiny_model):
     weights = model.vision_projector.frame_weights
     torch.testing.assert_close(weights.sum(0), torch.ones(weights.shape[1]))  # a (tilted) mean at init
     with torch.no_grad():
-        frames = torch.stack([model.get_image_features(v) for v in video])  # [2, frames, patches, hidden]
-        got = model.get_video_features(video)
+        frames = torch.stack([model.get_image_features(v).pooler_output for v in video])  # [2, frames, patches, hidden]
+        got = model.get_video_features(video).pooler_output
         torch.testing.assert_close(got, (frames * weights[None, :, None, :]).sum(1))
-        assert (model.get_video_features(video.flip(1)) - got).abs().max() > 1e-3
+        assert (model.get_video_features(video.flip(1)).pooler_output - got).abs().max() > 1e-3
         model.vision_projector.frame_weights.copy_(torch.linspace(-1, 1, 8)[:, None].expand(8, 64))
-        got = model.get_video_features(video)
-        reversed_order = model.get_video_features(video.flip(1))
+        got = model.get_video_features(video).pooler_output
+        reversed_order = model.get_video_features(video.flip(1)).pooler_output
     torch.testing.assert_close(got, (frames * torch.linspace(-1, 1, 8)[None, :, None, None]).sum(1))
     torch.testing.assert_close(reversed_order, -got)
     with pytest.raises(
         ValueError, match=r"has 4 frames per video, but this model learned its frame weights for exactly 8"
     ):
-        model.get_video_features(video[:, :4])
+        model.get_video_features(video[:, :4]).pooler_output
 
 
 def test_speech_chunks_are_encoded_independently(tiny_model):
     features = torch.randn(3, 80, 3000)
     with torch.no_grad():
-        together = tiny_model.model.get_speech_features(features)
-        alone = torch.cat([tiny_model.model.get_speech_features(chunk[None]) for chunk in features])
+        together = tiny_model.model.get_speech_features(features).pooler_output
+        alone = torch.cat([tiny_model.model.get_speech_features(chunk[None]).pooler_output for chunk in features])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
 
 
@@ -97,9 +97,9 @@ def test_sound_padding_frames_do_not_matter(tiny_model):
     changed = features.clone()
     changed[0, 1600:] = 50.0
     with torch.no_grad():
-        a = tiny_model.model.get_sound_features(features, mask)
-        b = tiny_model.model.get_sound_features(changed, mask)
-        c = tiny_model.model.get_sound_features(changed)
+        a = tiny_model.model.get_sound_features(features, mask).pooler_output
+        b = tiny_model.model.get_sound_features(changed, mask).pooler_output
+        c = tiny_model.model.get_sound_features(changed).pooler_output
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert (a - c).abs().max() > 1e-4  # without the mask the padding is seen
 
