@@ -10,7 +10,6 @@ model, the auxiliary losses, the multimodal model and the causal LM head.
 import importlib.util
 import inspect
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -59,7 +58,6 @@ _MASK_PARAMETERS = inspect.signature(create_causal_mask).parameters
 # generate() passes and reads the name of the installed release.
 _GENERATE_PARAMETERS = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
 CACHE_NAME = "cache" if "cache" in _GENERATE_PARAMETERS else "past_key_values"
-_GENERATE_FLAGS_FIRST_ITERATION = "is_first_iteration" in _GENERATE_PARAMETERS
 
 
 def _causal_mask(config, inputs_embeds, attention_mask, cache, position_ids):
@@ -76,15 +74,6 @@ def _cache_position(cache, num_tokens: int, device) -> torch.Tensor:
     """Positions in the cache of the current tokens: [num_tokens]."""
     past_seen_tokens = cache.get_seq_length() if cache is not None else 0
     return torch.arange(num_tokens, device=device) + past_seen_tokens
-
-
-def _attention_interface(config, eager: Callable) -> Callable:
-    """The attention function of `config._attn_implementation` ("eager", "sdpa", "flash_attention_2", ...)."""
-    if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # 5.x
-        return ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager)
-    if config._attn_implementation in (None, "eager"):  # 4.x
-        return eager
-    return ALL_ATTENTION_FUNCTIONS[config._attn_implementation]
 
 
 def _select_hidden_states(hidden_states: tuple | None, output_hidden_states) -> tuple | None:
@@ -267,7 +256,14 @@ class UniMoEAttention(nn.Module):
             cache_kwargs = {"sin": sin, "cos": cos, "cache_position": cache_position}
             key_states, value_states = cache.update(key_states, value_states, self.layer_idx, cache_kwargs)
 
-        attention_interface = _attention_interface(self.config, eager_attention_forward)
+        if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # transformers 5.x
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+        elif self.config._attn_implementation in (None, "eager"):  # 4.x
+            attention_interface = eager_attention_forward
+        else:
+            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
         attn_output, attn_weights = attention_interface(
             self,
             query_states,
@@ -1273,13 +1269,19 @@ class UniMoEForCausalLM(UniMoEPreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, *args, **kwargs):
         model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
-        if _GENERATE_FLAGS_FIRST_ITERATION:  # transformers 5.x flags the prefill step
-            is_first_iteration = bool(kwargs.get("is_first_iteration", False))
-        else:  # 4.x gives the cache positions instead
-            cache_position = model_inputs.get("cache_position", kwargs.get("cache_position"))
-            is_first_iteration = cache_position is None or int(cache_position[0]) == 0
-        if not is_first_iteration and kwargs.get("use_cache", True):
-            for name in MEDIA_INPUTS:  # the placeholders are already in the cache after prefill
+        # The media are needed until their placeholders are in the cache: in the prefill, without a cache, and in the
+        # first call of an assistant model (which generate() does not flag as a prefill, and whose cache is empty).
+        cache = model_inputs.get(CACHE_NAME)
+        needs_media = (
+            kwargs.get("is_first_iteration", False)
+            or not kwargs.get("use_cache", True)
+            or cache is None
+            or cache.get_seq_length() == 0
+        )
+        for name in MEDIA_INPUTS:
+            if needs_media and kwargs.get(name) is not None:
+                model_inputs[name] = kwargs[name]
+            elif not needs_media:
                 model_inputs.pop(name, None)
         return model_inputs
 
