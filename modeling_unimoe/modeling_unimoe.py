@@ -77,10 +77,12 @@ def _cache_position(cache, num_tokens: int, device) -> torch.Tensor:
 
 
 def _select_hidden_states(hidden_states: tuple | None, output_hidden_states) -> tuple | None:
-    """All hidden states (`output_hidden_states=True`) or those of the listed layer indices (a list of ints)."""
+    """All hidden states (`output_hidden_states=True`), or those of the listed layer indices (a list of ints) with None
+    in the other places."""
     if hidden_states is None or isinstance(output_hidden_states, bool):
         return hidden_states
-    return tuple(hidden_states[i] for i in output_hidden_states)
+    wanted = {i % len(hidden_states) for i in output_hidden_states}
+    return tuple(state if i in wanted else None for i, state in enumerate(hidden_states))
 
 
 # The transformers Auto classes a saved folder maps to this file (written into config.json on save).
@@ -738,7 +740,7 @@ class UniMoEPreTrainedModel(PreTrainedModel):
     # size, which a 4- or 8-expert router is not), and the towers and connectors (small next to the experts). Patterns
     # match from the start of a module name, with or without the `model.` prefix of UniMoEForCausalLM.
     _keep_in_fp32_modules = (
-        ["mlp.gate", r"(?:model\.)?(?:vision|speech|sound)_(?:tower|projector|connector)"]
+        [r".*\.mlp\.gate(?=\.|$)", r"(?:model\.)?(?:vision|speech|sound)_(?:tower|projector|connector)"]
         if _KEEP_IN_FP32_PATTERNS
         else None
     )
@@ -823,13 +825,15 @@ class UniMoETextModel(UniMoEPreTrainedModel):
         r"""
         cache / past_key_values (`Cache`, *optional*): the KV cache (`cache` is the name since transformers 5.24).
         output_hidden_states (`bool` or `list[int]`, *optional*): all hidden states, or those of the listed indices
-            (0 = the embeddings, `num_hidden_layers` = the final normed output).
+            (0 = the embeddings, `num_hidden_layers` = the final normed output; None in the other places).
         """
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         config = self.config
         cache = cache if cache is not None else past_key_values
         use_cache = use_cache if use_cache is not None else config.use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False  # the recomputed forward would append its keys and values a second time
         output_attentions = output_attentions if output_attentions is not None else config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else config.output_hidden_states
@@ -965,6 +969,10 @@ class UniMoEModel(UniMoEPreTrainedModel):
 
     def _features_output(self, output: BaseModelOutputWithPooling, return_dict, hidden_states, attentions):
         """A tower's output with the projected LLM features as `pooler_output`; a tuple if `return_dict` is False."""
+        if hidden_states is None:
+            hidden_states = self.config.output_hidden_states
+        if attentions is None:
+            attentions = self.config.output_attentions
         output.hidden_states = output.hidden_states if hidden_states else None
         output.attentions = output.attentions if attentions else None
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
@@ -1007,7 +1015,7 @@ class UniMoEModel(UniMoEPreTrainedModel):
         """[videos, frames, 3, H, W] -> `pooler_output` [videos, patches, hidden]: each frame through the image path,
         then pooled over frames: the mean (`config.video_pooling="mean"`, the released models), or a learned
         per-frame, per-channel weighting (`"weighted"`), which can tell the frames' order. `last_hidden_state` is
-        CLIP's, per frame ([videos * frames, ...])."""
+        CLIP's, the frames one after the other ([videos, frames * tokens, vision_hidden])."""
         self._require("vision_tower", "pixel_values_videos", "vision_config")
         num_videos, num_frames = pixel_values_videos.shape[:2]
         output = self.get_image_features(
@@ -1029,6 +1037,8 @@ class UniMoEModel(UniMoEPreTrainedModel):
             )
         else:
             output.pooler_output = (features * frame_weights[None, :, None, :].to(features.dtype)).sum(dim=1)
+        last = output.last_hidden_state  # [videos * frames, tokens, vision_hidden]
+        output.last_hidden_state = last.reshape(num_videos, num_frames * last.shape[1], last.shape[2])
         return self._features_output(output, return_dict, output_hidden_states, output_attentions)
 
     def get_speech_features(
@@ -1139,17 +1149,7 @@ class UniMoEModel(UniMoEPreTrainedModel):
                 features = encode(values, return_dict=True, **extra).pooler_output
             elif encoded.get(what) is not None:
                 features = encoded[what].pooler_output
-            else:
-                if (
-                    not torch.compiler.is_compiling()
-                    and input_ids is not None
-                    and token_id is not None
-                    and bool((input_ids == token_id).any())
-                ):
-                    raise ValueError(
-                        f"The input_ids contain {what} placeholder tokens (id {token_id}) but no `{input_name}` was "
-                        f"given. Pass the {what} inputs (UniMoEProcessor returns them) or remove the placeholders."
-                    )
+            else:  # no media: the placeholders stay text tokens (as in Llava); the processor pairs them with media
                 continue
             inputs_embeds = self._merge(input_ids, inputs_embeds, token_id, features, what, input_name)
 

@@ -23,7 +23,9 @@ def test_features_land_exactly_on_their_placeholders(tiny_model):
             config.image_token_id: model.get_image_features(inputs["pixel_values"]).pooler_output,
             config.video_token_id: model.get_video_features(inputs["pixel_values_videos"]).pooler_output,
             config.audio_token_id: model.get_speech_features(inputs["input_features"]).pooler_output,
-            config.sound_token_id: model.get_sound_features(inputs["sound_features"], inputs["sound_features_mask"]).pooler_output,
+            config.sound_token_id: model.get_sound_features(
+                inputs["sound_features"], inputs["sound_features_mask"]
+            ).pooler_output,
         }
         text_embeds = model.get_input_embeddings()(inputs["input_ids"])
     hook.remove()
@@ -39,9 +41,21 @@ def test_feature_shapes(tiny_model):
     inputs = media_prompt(config)
     hidden = config.text_config.hidden_size
     with torch.no_grad():
-        assert model.get_image_features(inputs["pixel_values"]).pooler_output.shape == (1, config.image_seq_length, hidden)
-        assert model.get_video_features(inputs["pixel_values_videos"]).pooler_output.shape == (1, config.image_seq_length, hidden)
-        assert model.get_speech_features(inputs["input_features"]).pooler_output.shape == (2, config.num_speech_query_tokens, hidden)
+        assert model.get_image_features(inputs["pixel_values"]).pooler_output.shape == (
+            1,
+            config.image_seq_length,
+            hidden,
+        )
+        assert model.get_video_features(inputs["pixel_values_videos"]).pooler_output.shape == (
+            1,
+            config.image_seq_length,
+            hidden,
+        )
+        assert model.get_speech_features(inputs["input_features"]).pooler_output.shape == (
+            2,
+            config.num_speech_query_tokens,
+            hidden,
+        )
         sound = model.get_sound_features(inputs["sound_features"], inputs["sound_features_mask"]).pooler_output
         assert sound.shape == (2, config.num_sound_query_tokens, hidden)
 
@@ -53,7 +67,9 @@ def test_video_is_the_frame_mean_of_the_image_path_as_released():
     video = torch.randn(2, model.config.num_video_frames, 3, 48, 48)
     with torch.no_grad():
         got = model.model.get_video_features(video).pooler_output
-        frames = torch.stack([model.model.get_image_features(v).pooler_output for v in video])  # [2, frames, patches, hidden]
+        frames = torch.stack(
+            [model.model.get_image_features(v).pooler_output for v in video]
+        )  # [2, frames, patches, hidden]
         reversed_order = model.model.get_video_features(video.flip(1)).pooler_output
     assert not hasattr(model.model.vision_projector, "frame_weights")
     torch.testing.assert_close(got, frames.mean(dim=1))
@@ -67,7 +83,9 @@ def test_weighted_video_pooling_tells_the_frame_order(tiny_model):
     weights = model.vision_projector.frame_weights
     torch.testing.assert_close(weights.sum(0), torch.ones(weights.shape[1]))  # a (tilted) mean at init
     with torch.no_grad():
-        frames = torch.stack([model.get_image_features(v).pooler_output for v in video])  # [2, frames, patches, hidden]
+        frames = torch.stack(
+            [model.get_image_features(v).pooler_output for v in video]
+        )  # [2, frames, patches, hidden]
         got = model.get_video_features(video).pooler_output
         torch.testing.assert_close(got, (frames * weights[None, :, None, :]).sum(1))
         assert (model.get_video_features(video.flip(1)).pooler_output - got).abs().max() > 1e-3
@@ -139,11 +157,14 @@ def test_count_mismatch_names_both_counts(tiny_model):
         tiny_model(**inputs)
 
 
-def test_placeholders_without_media_are_refused(tiny_model):
+def test_placeholders_without_media_are_text_tokens(tiny_model):
+    """As in Llava: without `pixel_values` the image placeholders keep their token embeddings."""
     inputs = media_prompt(tiny_model.config)
-    del inputs["pixel_values"]
-    with pytest.raises(ValueError, match=re.escape("contain image placeholder tokens (id 3) but no `pixel_values`")):
-        tiny_model(**inputs)
+    ids = inputs["input_ids"]
+    with torch.no_grad():
+        by_ids = tiny_model(input_ids=ids).logits
+        by_embeds = tiny_model(inputs_embeds=tiny_model.get_input_embeddings()(ids)).logits
+    torch.testing.assert_close(by_ids, by_embeds)
 
 
 def test_media_for_a_missing_tower_is_refused():
