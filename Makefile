@@ -8,13 +8,14 @@ TINY := build/uni-moe-tiny-random
 PORT ?= 7860
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run smoke test test-slow quality style benchmarks clean
+.PHONY: run smoke test test-compat compat-venvs test-slow quality style benchmarks clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# the CPU wheel of torch: any other version pulls a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
+	# the dev extra brings uv, which makes the venvs of tests/test_version_matrix.py
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
@@ -26,8 +27,20 @@ run: $(STAMP)
 smoke: $(STAMP)
 	$(BIN)/python -m hub_export.build --preset tiny --out $(TINY) --check --overwrite
 
-test: $(STAMP) $(CHROMIUM)
-	$(BIN)/python -m pytest -q
+# the whole suite; tests/test_version_matrix.py runs tests/compat/check_version.py in the venv of each transformers
+# version of its matrix (reports and a version x check table in build/compat/)
+test: $(STAMP) $(CHROMIUM) compat-venvs
+	$(BIN)/python -m pytest -q -rs
+
+# the transformers version matrix alone (build/compat/matrix.md: the version x check table)
+test-compat: $(STAMP) compat-venvs
+	$(BIN)/python -m pytest -q -rs tests/test_version_matrix.py
+
+# one venv per transformers version under build/venvs/tf-<version>, made with uv where its stamp is missing or stale
+# (seconds; every test that runs other transformers versions finds them there). A failure here does not stop the
+# tests: tests/test_version_matrix.py tries again and reports it per version.
+compat-venvs: $(STAMP)
+	-$(BIN)/python -m tests.compat.venvs
 
 # Debian's chromium for tests/test_demo_browser.py (skipped, with its reason, where it is missing)
 $(CHROMIUM):

@@ -990,6 +990,8 @@ class UniMoEModel(UniMoEPreTrainedModel):
         dropped, through the projector. `last_hidden_state` (and `hidden_states` / `attentions` when asked) are
         CLIP's."""
         self._require("vision_tower", "pixel_values", "vision_config")
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
         outputs = self._clip[0](  # through CLIPVisionModel: some releases record hidden states only there
             pixel_values.to(self.vision_projector.linear_1.weight.dtype),
             output_hidden_states=True,

@@ -5,6 +5,11 @@ This file is uploaded to the Hub next to `modeling_unimoe.py` and loaded with `t
 torch, numpy, PIL, transformers and the standard library. Decoding audio and video files needs `soundfile` and/or `av`
 (PyAV); they are imported when a file is decoded, with an error naming the package if missing.
 
+It works unchanged, with the same outputs bit for bit, on transformers 4.57 and 5.x (checked: 4.57.6, 5.0, 5.19, 5.23,
+5.25): what differs between versions is found by feature detection (sub-processor declaration and loading, the save
+layout, a tokenizer saved by 5.x), and `apply_chat_template` is the processor's own, the same everywhere. (Where
+torchvision is installed, transformers 5 loads its torchvision CLIP image processor, whose resize differs slightly.)
+
     processor = AutoProcessor.from_pretrained("path/to/uni-moe", trust_remote_code=True)
     inputs = processor(text="USER: <image>\nWhat is this? ASSISTANT:", images=image, return_tensors="pt")
     output_ids = model.generate(**inputs, max_new_tokens=20)
@@ -25,8 +30,10 @@ Every input problem raises a `UniMoEProcessingError` (a `ValueError`) naming wha
 how to fix it; its subclasses tell the cases apart.
 """
 
+import bisect
 import functools
 import importlib
+import inspect
 import io
 import math
 import os
@@ -46,11 +53,15 @@ from transformers.utils import logging
 
 try:  # the PIL backend needs no torchvision (which does not install beside every torch)
     from transformers import CLIPImageProcessorPil as _CLIPImageProcessor
-except ImportError:  # older transformers: the only CLIP image processor
+except ImportError:  # older transformers: CLIPImageProcessor is the PIL / numpy one (the fast one is ...Fast)
     from transformers import CLIPImageProcessor as _CLIPImageProcessor
 
 
 logger = logging.get_logger(__name__)
+
+# transformers 5 finds a processor's sub-processors in its `__init__` signature; 4.x in class attributes
+# (`attributes`, `image_processor_class`, ...), which 5.x reports as deprecated: they are set only where needed.
+_SUB_PROCESSORS_FROM_SIGNATURE = hasattr(ProcessorMixin, "get_attributes")
 
 SAMPLING_RATE = 16_000
 CHUNK_SECONDS = 30
@@ -646,6 +657,49 @@ def _media_list(kind: str, value, num_texts: int) -> tuple[list, list[int] | Non
     return items, None
 
 
+try:
+    from transformers import TokenizersBackend as _TokenizersBackend  # noqa: F401  (transformers 5)
+except ImportError:  # transformers 4.x: folders saved by 5.x name this class
+    from transformers import PreTrainedTokenizerFast
+
+    class TokenizersBackend(PreTrainedTokenizerFast):
+        """transformers 5's generic tokenizer (all of it in tokenizer.json), for transformers 4.x."""
+
+        model_input_names = ["input_ids", "attention_mask"]
+
+
+def _load_tokenizer(pretrained_model_name_or_path, **kwargs):
+    """The tokenizer of a folder saved by any transformers, for transformers 4.x (5.x loads it with AutoTokenizer).
+
+    transformers 5 writes `extra_special_tokens` as a list (4.x takes a dict of named tokens: they are passed as
+    `additional_special_tokens`) and may name its generic `TokenizersBackend` class, unknown to 4.x: tokenizer.json is
+    all a fast tokenizer needs, and `TokenizersBackend` above reads it under that name."""
+    from transformers import AutoTokenizer
+    from transformers.models.auto.tokenization_auto import get_tokenizer_config, tokenizer_class_from_name
+
+    config = get_tokenizer_config(pretrained_model_name_or_path, **kwargs)
+    overrides = {}
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, (list, tuple)):
+        additional = list(config.get("additional_special_tokens") or [])
+        overrides["additional_special_tokens"] = additional + [token for token in extra if token not in additional]
+        overrides["extra_special_tokens"] = {}
+    name = config.get("tokenizer_class")
+    if name and tokenizer_class_from_name(name) is None and tokenizer_class_from_name(f"{name}Fast") is None:
+        return TokenizersBackend.from_pretrained(pretrained_model_name_or_path, **{**kwargs, **overrides})
+    return AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **{**kwargs, **overrides})
+
+
+def _template_variables(chat_template: str):
+    """The variables a chat template reads, or None where this transformers cannot tell (before 5.19)."""
+    try:
+        from transformers.utils.chat_template_utils import _get_template_variables
+
+        return frozenset(_get_template_variables(chat_template))
+    except Exception:  # a private helper of transformers: missing or changed
+        return None
+
+
 class UniMoEProcessor(ProcessorMixin):
     r"""
     Processor for Uni-MoE: the tokenizer, a CLIP image processor (images and video frames), a Whisper feature
@@ -669,6 +723,20 @@ class UniMoEProcessor(ProcessorMixin):
         context_length (`int`, *optional*): the model's context (max_position_embeddings); longer prompts raise
             `PromptTooLongError` unless the call asks for truncation (`truncation=True`, `max_length=`).
     """
+
+    if not _SUB_PROCESSORS_FROM_SIGNATURE:  # transformers 4.x
+        attributes = ["image_processor", "feature_extractor", "tokenizer"]
+        image_processor_class = _CLIPImageProcessor.__name__
+        feature_extractor_class = "WhisperFeatureExtractor"
+        tokenizer_class = "AutoTokenizer"  # checked as any PreTrainedTokenizerBase
+
+        @classmethod
+        def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+            return [
+                _CLIPImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs),
+                WhisperFeatureExtractor.from_pretrained(pretrained_model_name_or_path, **kwargs),
+                _load_tokenizer(pretrained_model_name_or_path, **kwargs),
+            ]
 
     def __init__(
         self,
@@ -750,6 +818,16 @@ class UniMoEProcessor(ProcessorMixin):
             if token_id is not None and token_id != tokenizer.unk_token_id:
                 if tokenizer.encode(token, add_special_tokens=False) == [token_id]:
                     self._disabled_tokens[token] = kind
+
+    if "legacy_serialization" in inspect.signature(ProcessorMixin.save_pretrained).parameters:  # transformers 4.x
+
+        def save_pretrained(self, save_directory, push_to_hub=False, legacy_serialization=False, **kwargs):
+            """As ProcessorMixin's, but the image processor and the feature extractor go into processor_config.json
+            as transformers 5 writes them: 4.x's legacy layout saves both to preprocessor_config.json, one over the
+            other."""
+            return super().save_pretrained(
+                save_directory, push_to_hub=push_to_hub, legacy_serialization=legacy_serialization, **kwargs
+            )
 
     # --- construction -------------------------------------------------------------------------------------------
     @classmethod
@@ -907,7 +985,7 @@ class UniMoEProcessor(ProcessorMixin):
             if key in encoding and (key != "offset_mapping" or want_offsets):
                 out[key] = encoding[key]
         if options.get("return_mm_token_type_ids"):
-            out["mm_token_type_ids"] = self.create_mm_token_type_ids(input_ids)
+            out["mm_token_type_ids"] = self._mm_token_type_ids(input_ids)
         tensors = {key: _to_tensor(value, return_tensors, key) for key, value in {**out, **data}.items()}
         if options.get("return_text_replacement_offsets"):
             tensors["text_replacement_offsets"] = offsets
@@ -929,6 +1007,20 @@ class UniMoEProcessor(ProcessorMixin):
         if options.get("short_video", "error") not in ("error", "repeat"):
             raise UniMoEProcessingError(f"`short_video` must be 'error' or 'repeat', got {options['short_video']!r}.")
         return options, text_kwargs, images_kwargs
+
+    def _mm_token_type_ids(self, input_ids):
+        """Per token: 1 image, 2 video, 3 audio placeholder, else 0 (as transformers 5's
+        `create_mm_token_type_ids`, which older versions lack)."""
+        kinds = ((1, self.image_token_id), (2, self.video_token_id), (3, self.audio_token_id))
+        rows = []
+        for ids in input_ids:
+            ids = np.asarray(ids)
+            types = np.zeros(ids.shape, dtype=np.int64)
+            for value, token_id in kinds:
+                if token_id is not None:
+                    types[ids == token_id] = value
+            rows.append(types.tolist())
+        return rows
 
     def _speech_features(self, waves):
         chunks, counts = [], []
@@ -1050,6 +1142,155 @@ class UniMoEProcessor(ProcessorMixin):
             )
 
     # --- chat ---------------------------------------------------------------------------------------------------
+    def apply_chat_template(
+        self,
+        conversation,
+        chat_template=None,
+        tools=None,
+        documents=None,
+        add_generation_prompt=False,
+        continue_final_message=False,
+        return_assistant_tokens_mask=False,
+        tokenize=False,
+        return_tensors="auto",
+        return_dict=False,
+        load_audio_from_video=False,
+        processor_kwargs=None,
+        sanitize_control_tokens=False,
+        **kwargs,
+    ):
+        r"""
+        Render chats with the chat template and, with `tokenize=True`, run the processor on the prompt and the chats'
+        media (content blocks `{"type": "image" | "video" | "audio" | "sound", <"path" | "url" | "image" | "video" |
+        "audio" | "sound">: ...}`; arrays of audio blocks take the block's `sampling_rate`).
+
+        The same on every transformers version (ProcessorMixin's own differs from one version to the next): the
+        arguments are those of transformers 5's `ProcessorMixin.apply_chat_template`. `processor_kwargs` go to the
+        processor call (keyword arguments the template does not read go there too, as in transformers 4);
+        `return_dict=True` returns the processor's `BatchFeature` (with `assistant_masks` when
+        `return_assistant_tokens_mask=True`), else the `input_ids`. `load_audio_from_video` is ignored (Uni-MoE
+        reads no audio track of a video).
+        """
+        processor_kwargs = dict(processor_kwargs or {})
+        chat_template = self._resolve_chat_template(chat_template)
+        # keyword arguments the template does not read go to the processor call (all of them where this
+        # transformers cannot tell, as transformers 4 did)
+        template_variables = _template_variables(chat_template)
+        legacy = {k: v for k, v in kwargs.items() if template_variables is None or k not in template_variables}
+        if legacy and template_variables is not None:
+            logger.warning_once(
+                "Keyword arguments for the processor call should be passed to `apply_chat_template` in "
+                f"`processor_kwargs`, not as keyword arguments: {sorted(legacy)}."
+            )
+        processor_kwargs.update(legacy)
+        if continue_final_message:
+            if add_generation_prompt:
+                raise ValueError(
+                    "continue_final_message and add_generation_prompt are not compatible. Use continue_final_message "
+                    "when you want the model to continue the final message, and add_generation_prompt when you want "
+                    "to add a header that will prompt it to start a new assistant message instead."
+                )
+            if return_assistant_tokens_mask:
+                raise ValueError("continue_final_message is not compatible with return_assistant_tokens_mask.")
+        if return_assistant_tokens_mask:
+            backend = getattr(self.tokenizer, "backend", None)
+            is_fast = backend == "tokenizers" if backend is not None else getattr(self.tokenizer, "is_fast", False)
+            if not is_fast:
+                raise ValueError(
+                    "`return_assistant_tokens_mask` needs a fast (tokenizers) tokenizer: it reads token offsets."
+                )
+            processor_kwargs["return_offsets_mapping"] = True
+            processor_kwargs["return_text_replacement_offsets"] = True
+        audio_kwargs = processor_kwargs.get("audio_kwargs") or {}
+        sampling_rate = processor_kwargs.get("sampling_rate", audio_kwargs.get("sampling_rate"))
+        if sampling_rate is None:
+            sampling_rate = getattr(self.feature_extractor, "sampling_rate", SAMPLING_RATE)
+        audio_loading_params = {"sampling_rate": sampling_rate}
+        conversations, is_batched = _normalize_conversations(conversation)
+
+        if tokenize:
+            batch_images, batch_videos, batch_audios, additional_inputs = self._multimodal_inputs_from_conversations(
+                conversations, audio_loading_params
+            )
+        if sanitize_control_tokens:
+            if not hasattr(self.tokenizer, "_mark_chat_inputs"):
+                raise ValueError("`sanitize_control_tokens=True` needs a newer transformers (5.23 or later).")
+            conversations, tools, documents, kwargs = self.tokenizer._mark_chat_inputs(
+                chat_template, conversations, tools, documents, kwargs, tokenize, return_assistant_tokens_mask
+            )
+            processor_kwargs["sanitize_control_tokens"] = True
+
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        prompt, generation_indices = render_jinja_template(
+            conversations=conversations,
+            tools=tools,
+            documents=documents,
+            chat_template=chat_template,
+            return_assistant_tokens_mask=return_assistant_tokens_mask,
+            continue_final_message=continue_final_message,
+            add_generation_prompt=add_generation_prompt,
+            **{**self.tokenizer.special_tokens_map, **kwargs},
+        )
+        if not is_batched:
+            prompt = prompt[0]
+        if not tokenize:
+            return prompt
+
+        # a template that writes the BOS itself: the tokenizer must not add another
+        first = prompt[0] if is_batched else prompt
+        if self.tokenizer.bos_token is not None and first.startswith(self.tokenizer.bos_token):
+            processor_kwargs["add_special_tokens"] = False
+        if return_tensors != "auto":
+            processor_kwargs["return_tensors"] = return_tensors
+        else:
+            return_tensors = None
+        if batch_audios:  # arrays in audio blocks are read at this rate
+            if "sampling_rate" in audio_kwargs:
+                processor_kwargs["audio_kwargs"] = {**audio_kwargs, "sampling_rate": sampling_rate}
+            else:
+                processor_kwargs["sampling_rate"] = sampling_rate
+        images = processor_kwargs.pop("images", None)  # templates may place images given here
+        if images:
+            batch_images = images if is_batched else [images]
+        images_exist = any(image is not None for sample in batch_images for image in sample)
+        videos_exist = any(video is not None for sample in batch_videos for video in sample)
+        out = self(
+            text=prompt,
+            images=batch_images if images_exist else None,
+            videos=batch_videos if videos_exist else None,
+            audio=batch_audios or None,
+            **additional_inputs,
+            **processor_kwargs,
+        )
+        if not return_dict:
+            return out["input_ids"]
+        if return_assistant_tokens_mask:
+            out["assistant_masks"] = _assistant_masks(
+                out.pop("offset_mapping"), out.pop("text_replacement_offsets", None), out["input_ids"],
+                generation_indices,
+            )  # fmt: skip
+            out.convert_to_tensors(tensor_type=return_tensors)
+        return out
+
+    def _resolve_chat_template(self, chat_template=None) -> str:
+        """The template to render: `chat_template` itself, or the processor's (by name when it holds several)."""
+        templates = self.chat_template
+        if chat_template is not None:
+            if isinstance(templates, dict) and chat_template in templates:
+                return templates[chat_template]
+            return chat_template
+        if isinstance(templates, dict):
+            if "default" in templates:
+                return templates["default"]
+            raise ValueError(
+                "The processor has several chat templates and none is named 'default': pass `chat_template=` (one "
+                f"of {', '.join(templates)})."
+            )
+        if templates is None:
+            raise ValueError("Cannot use apply_chat_template because this processor does not have a chat template.")
+        return templates
+
     def _multimodal_inputs_from_conversations(self, conversations, audio_loading_params=None, *args, **kwargs):
         """Collect the media of chat content blocks in the order the chat template places their placeholders
         (per message: images, audio, sounds, videos). Files are decoded later, by `__call__`."""
@@ -1087,6 +1328,54 @@ class UniMoEProcessor(ProcessorMixin):
             batch_videos.append(videos)
         extra = {"sound": batch_sound} if batch_sound else {}
         return batch_images, batch_videos, batch_audio, extra
+
+
+def _normalize_conversations(conversation):
+    """(chats, whether a batch was given): None-valued message keys dropped (APIs send `content=None`), OpenAI
+    `{"type": "image_url", "image_url": {"url": ...}}` blocks turned into `{"type": "image", "url": ...}`. The
+    caller's dicts are not modified."""
+    is_batched = (
+        isinstance(conversation, (list, tuple))
+        and bool(conversation)
+        and (isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "content"))
+    )
+    conversations = conversation if is_batched else [conversation]
+    normalized = []
+    for chat in conversations:
+        messages = []
+        for message in chat:
+            message = {key: value for key, value in message.items() if value is not None}
+            if isinstance(message.get("content"), list):
+                blocks = []
+                for block in message["content"]:
+                    if isinstance(block, dict) and block.get("type") == "image_url" and "image_url" in block:
+                        url = block["image_url"]
+                        block = {"type": "image", "url": url.get("url", "") if isinstance(url, dict) else url}
+                    blocks.append(block)
+                message["content"] = blocks
+            messages.append(message)
+        normalized.append(messages)
+    return normalized, is_batched
+
+
+def _assistant_masks(offset_mapping, replacement_offsets, input_ids, generation_indices):
+    """1 on the tokens of the template's `{% generation %}` spans (assistant replies), placeholders expanded."""
+    masks = []
+    if not replacement_offsets:
+        replacement_offsets = [[]] * len(input_ids)
+    for i in range(len(input_ids)):
+        mask = [0] * len(input_ids[i])
+        placeholder_ends = [r["span"][1] for r in replacement_offsets[i]]
+        chars_gained = [0] + [r["new_span"][1] - r["span"][1] for r in replacement_offsets[i]]
+        for span in generation_indices[i]:
+            # shift the span past the placeholders expanded before it
+            start, end = (char + chars_gained[bisect.bisect_right(placeholder_ends, char)] for char in span)
+            # every token overlapping the span (zero-width tokens, i.e. padding and added specials, never do)
+            for position, (token_start, token_end) in enumerate(offset_mapping[i]):
+                if token_start < end and token_end > start:
+                    mask[position] = 1
+        masks.append(mask)
+    return masks
 
 
 def _to_tensor(value, return_tensors, name):

@@ -199,3 +199,68 @@ def test_generation_prompt_then_model(processor):
         out = model.generate(**batch, max_new_tokens=3, do_sample=False)
     assert out.shape[1] == batch["input_ids"].shape[1] + 3
     assert isinstance(vision.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True), str)
+
+
+def _base_has_the_modern_apply_chat_template():
+    import inspect
+
+    from transformers.processing_utils import ProcessorMixin
+
+    parameters = inspect.signature(ProcessorMixin.apply_chat_template).parameters
+    return "processor_kwargs" in parameters and hasattr(ProcessorMixin, "_adjust_assistant_masks_indices")
+
+
+@pytest.mark.skipif(
+    not _base_has_the_modern_apply_chat_template(),
+    reason="this transformers' ProcessorMixin.apply_chat_template is not the one the processor's own reproduces",
+)
+def test_apply_chat_template_equals_transformers_own(processor):
+    """The processor's apply_chat_template (the same on every transformers version) gives what ProcessorMixin's gives
+    on the versions where that one works with this processor."""
+    from transformers.processing_utils import ProcessorMixin
+
+    red = color_image()
+    chat = [user({"type": "image", "image": red}, {"type": "audio", "audio": sine(1.0, sr=8000)}, text("Where?"))]
+    turns = [
+        user({"type": "image", "image": red}, text("Shape?")),
+        {"role": "assistant", "content": "circle", "tool_calls": None},
+        user({"type": "sound", "sound": {"array": sine(1.0), "sampling_rate": SR}}, text("And?")),
+        {"role": "assistant", "content": [text("three")]},
+    ]
+    cases = [
+        ([chat], dict(add_generation_prompt=True)),
+        (chat, dict(add_generation_prompt=True, tokenize=True)),
+        (
+            chat,
+            dict(
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+                return_tensors="pt",
+                processor_kwargs={"sampling_rate": 8000},
+            ),
+        ),  # fmt: skip
+        ([chat, [user(text("Text only."))]], dict(tokenize=True, return_dict=True, padding=True, sampling_rate=8000)),
+        (turns, dict(tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt")),
+        (turns, dict(tokenize=True, return_dict=True, return_assistant_tokens_mask=True)),
+        (turns[:3], dict(continue_final_message=True, tokenize=True, return_dict=True, return_tensors="np")),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.png"}}, text("hi")]}], {}),
+    ]
+    for conversation, kwargs in cases:
+        ours = processor.apply_chat_template(conversation, **kwargs)
+        theirs = ProcessorMixin.apply_chat_template(processor, conversation, **kwargs)
+        if hasattr(ours, "keys"):  # a BatchFeature
+            assert type(ours) is type(theirs) and list(ours) == list(theirs), kwargs
+            for key in ours:
+                ours_value, theirs_value = ours[key], theirs[key]
+                assert type(ours_value) is type(theirs_value), key
+                if isinstance(ours_value, torch.Tensor):
+                    torch.testing.assert_close(ours_value, theirs_value, rtol=0, atol=0)
+                elif isinstance(ours_value, np.ndarray):
+                    np.testing.assert_array_equal(ours_value, theirs_value)
+                else:
+                    assert ours_value == theirs_value, key
+        elif isinstance(ours, torch.Tensor):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+        else:
+            assert ours == theirs, kwargs

@@ -119,3 +119,22 @@ def test_build_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path, monk
         build("tiny", out, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
     assert (out / "keep.txt").read_text() == "user data"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "modeling_unimoe/configuration_unimoe.py",
+        "modeling_unimoe/modeling_unimoe.py",
+        "processing/processing_unimoe.py",
+        "processing/pipeline_unimoe.py",
+        "processing/chat_template.jinja",
+    ],
+)
+def test_embedded_checkpoint_carries_the_current_hub_files(source):
+    """checkpoints/uni-moe-tiny runs as remote code: its copies of the Hub files must be the sources, byte for byte."""
+    repo = Path(__file__).resolve().parents[1]
+    copy = repo / "checkpoints" / "uni-moe-tiny" / Path(source).name
+    assert copy.read_bytes() == (repo / source).read_bytes(), (
+        f"{copy} differs from {source}: copy the source over it (the weights do not change)."
+    )

@@ -176,6 +176,27 @@ def test_all_modalities_in_one_prompt(processor, model, tmp_path):
 
 
 # --- batches ----------------------------------------------------------------------------------------------------------
+def test_mm_token_type_ids(processor):
+    """1 image, 2 video, 3 audio placeholder, 0 else: as transformers 5's `create_mm_token_type_ids`, which older
+    versions lack (the processor has its own)."""
+    batch = processor(
+        text=["USER: <image>\n<audio>\n<sound>\n<video>\nWhat? ASSISTANT:", "hi"],
+        images=color_image(),
+        audio=sine(1.0),
+        sound=sine(1.0),
+        videos=[video_frames(8)],
+        padding=True,
+        return_mm_token_type_ids=True,
+        return_tensors="pt",
+    )
+    ids, types = batch["input_ids"], batch["mm_token_type_ids"]
+    assert types.dtype == torch.int64 and types.shape == ids.shape
+    for kind, value in (("image", 1), ("video", 2), ("audio", 3)):
+        assert torch.equal(types == value, ids == processor._placeholders[kind][1])
+    if hasattr(processor, "create_mm_token_type_ids"):
+        assert types.tolist() == processor.create_mm_token_type_ids(ids.tolist())
+
+
 def test_batch_rows_follow_text_order(processor):
     red, blue, green = color_image((255, 0, 0)), color_image((0, 0, 255)), color_image((0, 255, 0))
     batch = processor(

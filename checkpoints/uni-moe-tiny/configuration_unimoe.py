@@ -2,13 +2,21 @@
 """Uni-MoE configuration (arXiv 2405.11273).
 
 This file is uploaded to the Hub next to `modeling_unimoe.py`: it imports only the standard library and transformers.
+The configurations use plain `__init__` methods, which every transformers from 4.57 to the newest 5.x accepts (5.x's
+dataclass configurations still take them).
 """
 
 import copy
 
 from transformers import AutoConfig
-from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.utils import logging
+
+
+try:  # transformers 5.x
+    from transformers.configuration_utils import PreTrainedConfig
+except ImportError:  # transformers 4.x
+    from transformers.configuration_utils import PretrainedConfig as PreTrainedConfig
 
 
 logger = logging.get_logger(__name__)
@@ -18,11 +26,26 @@ VISION_CONNECTORS = ("mlp2x_gelu",)
 SPEECH_CONNECTORS = ("whisper_decoder",)
 SOUND_CONNECTORS = ("qformer",)
 VIDEO_POOLING = ("mean", "weighted")
+ROPE_TYPES = ("default",)
 
 
 def _check_choice(name, value, allowed):
     if value not in allowed:
         raise ValueError(f"`{name}` must be one of {list(allowed)}, got {value!r}.")
+
+
+def _sub_config(name: str, value, default_model_type: str | None = None, config_class=None):
+    """A sub-configuration from a config object, a dict (`model_type` picks the class) or None (the modality is
+    absent)."""
+    if value is None or isinstance(value, PreTrainedConfig):
+        return value
+    if not isinstance(value, dict):
+        raise TypeError(f"`{name}` must be a dict, a configuration object or None, got {type(value).__name__}.")
+    value = dict(value)
+    model_type = value.pop("model_type", default_model_type)
+    if config_class is not None:
+        return config_class(**value)
+    return CONFIG_MAPPING[model_type](**value)
 
 
 class UniMoETextConfig(PreTrainedConfig):
@@ -31,6 +54,8 @@ class UniMoETextConfig(PreTrainedConfig):
     `moe_layers` and dense LLaMA MLPs elsewhere.
 
     Args (beyond the usual LLaMA ones):
+        rope_parameters (`dict`, *optional*): `{"rope_type": "default", "rope_theta": 10000.0}` (the released models;
+            only the default RoPE is supported). A legacy `rope_theta=` keyword sets the theta.
         num_experts (`int`): experts per MoE layer.
         num_experts_per_tok (`int`): experts each token is routed to (top-k).
         moe_layers (`str` or `list[int]`): `"all"`, `"even"` (layers 0, 2, 4, ...; odd layers keep a dense MLP, the
@@ -46,43 +71,77 @@ class UniMoETextConfig(PreTrainedConfig):
     base_config_key = "text_config"
     keys_to_ignore_at_inference = ["past_key_values"]
 
-    vocab_size: int = 32000
-    hidden_size: int = 4096
-    intermediate_size: int = 11008
-    num_hidden_layers: int = 32
-    num_attention_heads: int = 32
-    num_key_value_heads: int | None = None
-    head_dim: int | None = None
-    hidden_act: str = "silu"
-    max_position_embeddings: int = 4096
-    initializer_range: float = 0.02
-    rms_norm_eps: float = 1e-5
-    use_cache: bool = True
-    pad_token_id: int | None = 0
-    bos_token_id: int | None = 1
-    eos_token_id: int | list[int] | None = 2
-    tie_word_embeddings: bool = False
-    rope_parameters: dict | None = None
-    attention_bias: bool = False
-    attention_dropout: float = 0.0
-    mlp_bias: bool = False
-    num_experts: int = 4
-    num_experts_per_tok: int = 2
-    moe_layers: str | list[int] = "all"
-    router_aux_loss_coef: float = 0.0
-    router_z_loss_coef: float = 0.0
-    output_router_logits: bool = False
-    capacity_factor: float | None = None
-
-    def __post_init__(self, **kwargs):
-        if self.head_dim is None:
-            self.head_dim = self.hidden_size // self.num_attention_heads
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
-        super().__post_init__(**kwargs)
+    def __init__(
+        self,
+        vocab_size: int = 32000,
+        hidden_size: int = 4096,
+        intermediate_size: int = 11008,
+        num_hidden_layers: int = 32,
+        num_attention_heads: int = 32,
+        num_key_value_heads: int | None = None,
+        head_dim: int | None = None,
+        hidden_act: str = "silu",
+        max_position_embeddings: int = 4096,
+        initializer_range: float = 0.02,
+        rms_norm_eps: float = 1e-5,
+        use_cache: bool = True,
+        pad_token_id: int | None = 0,
+        bos_token_id: int | None = 1,
+        eos_token_id: int | list[int] | None = 2,
+        tie_word_embeddings: bool = False,
+        rope_parameters: dict | None = None,
+        attention_bias: bool = False,
+        attention_dropout: float = 0.0,
+        mlp_bias: bool = False,
+        num_experts: int = 4,
+        num_experts_per_tok: int = 2,
+        moe_layers: str | list[int] = "all",
+        router_aux_loss_coef: float = 0.0,
+        router_z_loss_coef: float = 0.0,
+        output_router_logits: bool = False,
+        capacity_factor: float | None = None,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
+        self.head_dim = hidden_size // num_attention_heads if head_dim is None else head_dim
+        self.hidden_act = hidden_act
+        self.max_position_embeddings = max_position_embeddings
+        self.initializer_range = initializer_range
+        self.rms_norm_eps = rms_norm_eps
+        self.use_cache = use_cache
+        self.attention_bias = attention_bias
+        self.attention_dropout = attention_dropout
+        self.mlp_bias = mlp_bias
+        self.num_experts = num_experts
+        self.num_experts_per_tok = num_experts_per_tok
+        self.moe_layers = list(moe_layers) if isinstance(moe_layers, tuple) else moe_layers
+        self.router_aux_loss_coef = router_aux_loss_coef
+        self.router_z_loss_coef = router_z_loss_coef
+        self.output_router_logits = output_router_logits
+        self.capacity_factor = capacity_factor
+        rope_theta = kwargs.pop("rope_theta", None)
+        if kwargs.pop("rope_scaling", None) is not None:
+            raise ValueError("`rope_scaling` is not supported: Uni-MoE uses the default RoPE. Drop it.")
+        rope_parameters = dict(rope_parameters or {"rope_type": "default", "rope_theta": 10000.0})
+        if rope_theta is not None:
+            rope_parameters["rope_theta"] = float(rope_theta)
+        self.rope_parameters = rope_parameters
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
         self._validate()
 
     def _validate(self):
+        _check_choice("rope_parameters['rope_type']", self.rope_parameters.get("rope_type", "default"), ROPE_TYPES)
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be a multiple of `num_attention_heads` "
@@ -133,31 +192,61 @@ class UniMoEBEATsConfig(PreTrainedConfig):
     model_type = "unimoe_beats"
     base_config_key = "audio_config"
 
-    input_patch_size: int = 16
-    embed_dim: int = 512
-    conv_bias: bool = False
-    encoder_layers: int = 12
-    encoder_embed_dim: int = 768
-    encoder_ffn_embed_dim: int = 3072
-    encoder_attention_heads: int = 12
-    activation_fn: str = "gelu"
-    layer_norm_first: bool = False
-    deep_norm: bool = True
-    conv_pos: int = 128
-    conv_pos_groups: int = 16
-    relative_position_embedding: bool = True
-    num_buckets: int = 320
-    max_distance: int = 800
-    gru_rel_pos: bool = True
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
-    activation_dropout: float = 0.0
-    dropout_input: float = 0.0
-    layer_norm_eps: float = 1e-5
-    num_mel_bins: int = 128
-    fbank_mean: float = 15.41663
-    fbank_std: float = 6.55582
-    initializer_range: float = 0.02
+    def __init__(
+        self,
+        input_patch_size: int = 16,
+        embed_dim: int = 512,
+        conv_bias: bool = False,
+        encoder_layers: int = 12,
+        encoder_embed_dim: int = 768,
+        encoder_ffn_embed_dim: int = 3072,
+        encoder_attention_heads: int = 12,
+        activation_fn: str = "gelu",
+        layer_norm_first: bool = False,
+        deep_norm: bool = True,
+        conv_pos: int = 128,
+        conv_pos_groups: int = 16,
+        relative_position_embedding: bool = True,
+        num_buckets: int = 320,
+        max_distance: int = 800,
+        gru_rel_pos: bool = True,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        activation_dropout: float = 0.0,
+        dropout_input: float = 0.0,
+        layer_norm_eps: float = 1e-5,
+        num_mel_bins: int = 128,
+        fbank_mean: float = 15.41663,
+        fbank_std: float = 6.55582,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        self.input_patch_size = input_patch_size
+        self.embed_dim = embed_dim
+        self.conv_bias = conv_bias
+        self.encoder_layers = encoder_layers
+        self.encoder_embed_dim = encoder_embed_dim
+        self.encoder_ffn_embed_dim = encoder_ffn_embed_dim
+        self.encoder_attention_heads = encoder_attention_heads
+        self.activation_fn = activation_fn
+        self.layer_norm_first = layer_norm_first
+        self.deep_norm = deep_norm
+        self.conv_pos = conv_pos
+        self.conv_pos_groups = conv_pos_groups
+        self.relative_position_embedding = relative_position_embedding
+        self.num_buckets = num_buckets
+        self.max_distance = max_distance
+        self.gru_rel_pos = gru_rel_pos
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.activation_dropout = activation_dropout
+        self.dropout_input = dropout_input
+        self.layer_norm_eps = layer_norm_eps
+        self.num_mel_bins = num_mel_bins
+        self.fbank_mean = fbank_mean
+        self.fbank_std = fbank_std
+        self.initializer_range = initializer_range
+        super().__init__(**kwargs)
 
 
 class UniMoEConfig(PreTrainedConfig):
@@ -191,43 +280,64 @@ class UniMoEConfig(PreTrainedConfig):
 
     model_type = "unimoe"
     keys_to_ignore_at_inference = ["past_key_values"]
-    sub_configs_defaults = {
+    sub_configs = {
         "text_config": UniMoETextConfig,
-        "vision_config": SubConfigSpec(AutoConfig, model_type="clip_vision_model", optional=True),
-        "speech_config": SubConfigSpec(AutoConfig, model_type="whisper", optional=True),
-        "audio_config": SubConfigSpec(UniMoEBEATsConfig, optional=True),
-        "audio_qformer_config": SubConfigSpec(AutoConfig, model_type="blip_2_qformer", optional=True),
+        "vision_config": AutoConfig,
+        "speech_config": AutoConfig,
+        "audio_config": UniMoEBEATsConfig,
+        "audio_qformer_config": AutoConfig,
     }
 
-    text_config: dict | PreTrainedConfig | None = None
-    vision_config: dict | PreTrainedConfig | None = None
-    speech_config: dict | PreTrainedConfig | None = None
-    audio_config: dict | PreTrainedConfig | None = None
-    audio_qformer_config: dict | PreTrainedConfig | None = None
-    image_token_id: int | None = None
-    video_token_id: int | None = None
-    audio_token_id: int | None = None
-    sound_token_id: int | None = None
-    vision_feature_layer: int = -2
-    projector_hidden_act: str = "gelu"
-    num_video_frames: int = 8
-    video_pooling: str = "mean"
-    num_speech_query_tokens: int = 50
-    num_sound_query_tokens: int = 50
-    max_sound_chunks: int = 20
-    audio_chunk_seconds: int = 30
-    vision_connector: str = "mlp2x_gelu"
-    speech_connector: str = "whisper_decoder"
-    sound_connector: str = "qformer"
-    tie_word_embeddings: bool = False
-
-    def __post_init__(self, **kwargs):
-        if self.audio_config is not None and self.audio_qformer_config is None:
-            hidden = getattr(self.audio_config, "encoder_embed_dim", None) or self.audio_config.get(
-                "encoder_embed_dim", 768
-            )
-            self.audio_qformer_config = {"encoder_hidden_size": hidden, "hidden_size": 768}
-        super().__post_init__(**kwargs)
+    def __init__(
+        self,
+        text_config: dict | PreTrainedConfig | None = None,
+        vision_config: dict | PreTrainedConfig | None = None,
+        speech_config: dict | PreTrainedConfig | None = None,
+        audio_config: dict | PreTrainedConfig | None = None,
+        audio_qformer_config: dict | PreTrainedConfig | None = None,
+        image_token_id: int | None = None,
+        video_token_id: int | None = None,
+        audio_token_id: int | None = None,
+        sound_token_id: int | None = None,
+        vision_feature_layer: int = -2,
+        projector_hidden_act: str = "gelu",
+        num_video_frames: int = 8,
+        video_pooling: str = "mean",
+        num_speech_query_tokens: int = 50,
+        num_sound_query_tokens: int = 50,
+        max_sound_chunks: int = 20,
+        audio_chunk_seconds: int = 30,
+        vision_connector: str = "mlp2x_gelu",
+        speech_connector: str = "whisper_decoder",
+        sound_connector: str = "qformer",
+        tie_word_embeddings: bool = False,
+        **kwargs,
+    ):
+        self.text_config = _sub_config(
+            "text_config", {} if text_config is None else text_config, None, UniMoETextConfig
+        )
+        self.vision_config = _sub_config("vision_config", vision_config, "clip_vision_model")
+        self.speech_config = _sub_config("speech_config", speech_config, "whisper")
+        self.audio_config = _sub_config("audio_config", audio_config, None, UniMoEBEATsConfig)
+        if self.audio_config is not None and audio_qformer_config is None:
+            audio_qformer_config = {"encoder_hidden_size": self.audio_config.encoder_embed_dim, "hidden_size": 768}
+        self.audio_qformer_config = _sub_config("audio_qformer_config", audio_qformer_config, "blip_2_qformer")
+        self.image_token_id = image_token_id
+        self.video_token_id = video_token_id
+        self.audio_token_id = audio_token_id
+        self.sound_token_id = sound_token_id
+        self.vision_feature_layer = vision_feature_layer
+        self.projector_hidden_act = projector_hidden_act
+        self.num_video_frames = num_video_frames
+        self.video_pooling = video_pooling
+        self.num_speech_query_tokens = num_speech_query_tokens
+        self.num_sound_query_tokens = num_sound_query_tokens
+        self.max_sound_chunks = max_sound_chunks
+        self.audio_chunk_seconds = audio_chunk_seconds
+        self.vision_connector = vision_connector
+        self.speech_connector = speech_connector
+        self.sound_connector = sound_connector
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
         self._validate()
 
     def _validate(self):

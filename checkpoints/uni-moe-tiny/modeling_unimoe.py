@@ -7,29 +7,23 @@ the sparse MoE block, the decoder layer, the BEATs sound encoder, the connectors
 model, the auxiliary losses, the multimodal model and the causal LM head.
 """
 
+import importlib.util
+import inspect
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-import transformers
 from torch import nn
-from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import ModelOutput
-from transformers.modeling_utils import PreTrainedModel, slice_logits_to_keep
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel
 from transformers.models.clip.modeling_clip import CLIPVisionModel
-from transformers.models.llama.modeling_llama import (
-    LlamaAttention,
-    LlamaMLP,
-    LlamaRMSNorm,
-    LlamaRotaryEmbedding,
-)
 from transformers.models.whisper.modeling_whisper import WhisperDecoder, WhisperEncoder
 from transformers.utils import logging
 
@@ -38,18 +32,58 @@ from .configuration_unimoe import UniMoEConfig, UniMoETextConfig
 
 logger = logging.get_logger(__name__)
 
-# transformers 5.24 renamed `past_key_values` to `cache` in every layer's forward: the LLaMA layers reused here would
-# silently ignore the KV cache this file passes them. Fail loudly instead.
-_SUPPORTED_TRANSFORMERS = ((5, 23), (5, 24))
-if (
-    not _SUPPORTED_TRANSFORMERS[0]
-    <= tuple(int(p) for p in transformers.__version__.split(".")[:2])
-    < _SUPPORTED_TRANSFORMERS[1]
-):
-    raise ImportError(
-        f"Uni-MoE's modeling code needs transformers >=5.23,<5.24; this environment has transformers "
-        f"{transformers.__version__}. Install it with `pip install 'transformers>=5.23,<5.24'`."
-    )
+# --- transformers versions ---------------------------------------------------------------------------------------------
+# This file runs inside whatever transformers the user has, from 4.57 to the newest 5.x. What differs between them is
+# detected here, once, by feature (never by version string).
+try:  # 5.x: initialisers that leave weights loaded from a checkpoint alone
+    from transformers import initialization as init
+except ImportError:  # 4.x: torch's own (4.x only initialises the weights a checkpoint lacks)
+
+    class init:  # noqa: N801 (a stand-in for the `transformers.initialization` module)
+        normal_ = staticmethod(nn.init.normal_)
+        zeros_ = staticmethod(nn.init.zeros_)
+        ones_ = staticmethod(nn.init.ones_)
+
+        @staticmethod
+        @torch.no_grad()
+        def copy_(tensor, other):
+            return tensor.copy_(other)
+
+
+# transformers 5.x matches `_keep_in_fp32_modules` entries as regular expressions over module names; 4.x wants bare
+# module names present in every model class, which the optional towers cannot promise
+_KEEP_IN_FP32_PATTERNS = importlib.util.find_spec("transformers.core_model_loading") is not None
+_MASK_PARAMETERS = inspect.signature(create_causal_mask).parameters
+# 5.24 renamed the cache argument of forward() and the cache field of model outputs from `past_key_values` to `cache`;
+# generate() passes and reads the name of the installed release.
+_GENERATE_PARAMETERS = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+CACHE_NAME = "cache" if "cache" in _GENERATE_PARAMETERS else "past_key_values"
+
+
+def _causal_mask(config, inputs_embeds, attention_mask, cache, position_ids):
+    """transformers' `create_causal_mask`, called with the argument names of the installed release."""
+    kwargs = {"config": config, "attention_mask": attention_mask, "position_ids": position_ids}
+    kwargs["inputs_embeds" if "inputs_embeds" in _MASK_PARAMETERS else "input_embeds"] = inputs_embeds
+    kwargs["cache" if "cache" in _MASK_PARAMETERS else "past_key_values"] = cache
+    if "cache_position" in _MASK_PARAMETERS:  # 4.x - 5.1x
+        kwargs["cache_position"] = _cache_position(cache, inputs_embeds.shape[1], inputs_embeds.device)
+    return create_causal_mask(**kwargs)
+
+
+def _cache_position(cache, num_tokens: int, device) -> torch.Tensor:
+    """Positions in the cache of the current tokens: [num_tokens]."""
+    past_seen_tokens = cache.get_seq_length() if cache is not None else 0
+    return torch.arange(num_tokens, device=device) + past_seen_tokens
+
+
+def _select_hidden_states(hidden_states: tuple | None, output_hidden_states) -> tuple | None:
+    """All hidden states (`output_hidden_states=True`), or those of the listed layer indices (a list of ints) with None
+    in the other places."""
+    if hidden_states is None or isinstance(output_hidden_states, bool):
+        return hidden_states
+    wanted = {i % len(hidden_states) for i in output_hidden_states}
+    return tuple(state if i in wanted else None for i, state in enumerate(hidden_states))
+
 
 # The transformers Auto classes a saved folder maps to this file (written into config.json on save).
 AUTO_MAP = {
@@ -58,19 +92,28 @@ AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_unimoe.UniMoEForCausalLM",
     "AutoModelForImageTextToText": "modeling_unimoe.UniMoEForCausalLM",
 }
-# Media inputs that only the prefill step consumes (generate() drops the standard names itself).
-MEDIA_INPUTS = ("pixel_values", "pixel_values_videos", "input_features", "sound_features", "sound_features_mask")
+# Media inputs that only the prefill step consumes.
+MEDIA_INPUTS = (
+    "pixel_values",
+    "pixel_values_videos",
+    "input_features",
+    "sound_features",
+    "sound_features_mask",
+    "mm_encoder_outputs",
+)
 
 
 @dataclass
 class UniMoEModelOutputWithPast(ModelOutput):
-    """Output of [`UniMoETextModel`] and [`UniMoEModel`].
+    """Output of [`UniMoETextModel`] and [`UniMoEModel`]. The cache is in `past_key_values` (transformers < 5.24) or
+    `cache` (5.24 and newer), as the installed generate() expects.
 
     router_logits: one `[tokens, num_experts]` tensor per MoE layer (when `output_router_logits=True`).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     past_key_values: Cache | None = None
+    cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     router_logits: tuple[torch.FloatTensor, ...] | None = None
@@ -79,23 +122,177 @@ class UniMoEModelOutputWithPast(ModelOutput):
 @dataclass
 class UniMoECausalLMOutputWithPast(ModelOutput):
     """Output of [`UniMoEForCausalLM`]. `loss` includes `router_aux_loss_coef * aux_loss + router_z_loss_coef *
-    z_loss` when router logits are requested."""
+    z_loss` when router logits are requested. The cache field is named as in [`UniMoEModelOutputWithPast`]."""
 
     loss: torch.FloatTensor | None = None
     aux_loss: torch.FloatTensor | None = None
     z_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     past_key_values: Cache | None = None
+    cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     router_logits: tuple[torch.FloatTensor, ...] | None = None
 
 
-# LLaMA building blocks, unchanged: Uni-MoE's attention, norms and rotary embedding are LLaMA-2's.
-UniMoERMSNorm = LlamaRMSNorm
-UniMoERotaryEmbedding = LlamaRotaryEmbedding
-UniMoEAttention = LlamaAttention
-UniMoEMLP = LlamaMLP  # the dense FFN and every expert: SwiGLU gate_proj / up_proj / down_proj
+# --- LLaMA building blocks ---------------------------------------------------------------------------------------------
+# Uni-MoE's norms, rotary embedding, attention and MLPs are LLaMA-2's (same parameter names as transformers' LLaMA).
+
+
+class UniMoERMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+class UniMoERotaryEmbedding(nn.Module):
+    """The default RoPE: cos / sin of `position * theta^(-2i / head_dim)`, computed in float32."""
+
+    def __init__(self, config: UniMoETextConfig):
+        super().__init__()
+        self.config = config
+        self.register_buffer("inv_freq", self.compute_inv_freq(config), persistent=False)
+
+    @staticmethod
+    def compute_inv_freq(config: UniMoETextConfig) -> torch.Tensor:
+        base = float(config.rope_parameters.get("rope_theta", 10000.0))
+        dim = config.head_dim
+        return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))  # [head_dim / 2]
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = self.inv_freq[None, :, None].float().expand(position_ids.shape[0], -1, 1).to(x.device)
+        positions = position_ids[:, None, :].float()  # [batch, 1, seq]
+        device_type = x.device.type if isinstance(x.device.type, str) and x.device.type != "mps" else "cpu"
+        with torch.autocast(device_type=device_type, enabled=False):  # force float32
+            freqs = (inv_freq.float() @ positions.float()).transpose(1, 2)  # [batch, seq, head_dim / 2]
+            emb = torch.cat((freqs, freqs), dim=-1)  # [batch, seq, head_dim]
+            cos, sin = emb.cos(), emb.sin()
+        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin):
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [batch, 1, seq, head_dim]: broadcast over heads
+    return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
+
+
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[batch, kv_heads, seq, head_dim] -> [batch, kv_heads * n_rep, seq, head_dim]."""
+    batch, num_key_value_heads, slen, head_dim = hidden_states.shape
+    if n_rep == 1:
+        return hidden_states
+    hidden_states = hidden_states[:, :, None, :, :].expand(batch, num_key_value_heads, n_rep, slen, head_dim)
+    return hidden_states.reshape(batch, num_key_value_heads * n_rep, slen, head_dim)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    key_states = repeat_kv(key, module.num_key_value_groups)
+    value_states = repeat_kv(value, module.num_key_value_groups)
+    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling  # [batch, heads, q, kv]
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask[:, :, :, : key_states.shape[-2]]
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value_states)  # [batch, heads, q, head_dim]
+    return attn_output.transpose(1, 2).contiguous(), attn_weights  # [batch, q, heads, head_dim]
+
+
+class UniMoEAttention(nn.Module):
+    """LLaMA multi-head (grouped-query) self-attention through transformers' attention interface."""
+
+    def __init__(self, config: UniMoETextConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = True
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        cache: Cache | None = None,
+        cache_position: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # [batch, heads, seq, head_dim]
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        cos, sin = position_embeddings
+        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+        if cache is not None:
+            # `cache_position` is read by the static caches of transformers < 5.19 and ignored by newer ones
+            cache_kwargs = {"sin": sin, "cos": cos, "cache_position": cache_position}
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx, cache_kwargs)
+
+        if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # transformers 5.x
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+        elif self.config._attn_implementation in (None, "eager"):  # 4.x
+            attention_interface = eager_attention_forward
+        else:
+            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()  # [batch, seq, heads * head_dim]
+        return self.o_proj(attn_output), attn_weights
+
+
+class UniMoEMLP(nn.Module):
+    """SwiGLU FFN: the dense MLP of non-MoE layers and every expert (`gate_proj`, `up_proj`, `down_proj`)."""
+
+    def __init__(self, config: UniMoETextConfig):
+        super().__init__()
+        bias = config.mlp_bias
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
 class UniMoESparseMoeBlock(nn.Module):
@@ -140,14 +337,19 @@ class UniMoESparseMoeBlock(nn.Module):
         batch_size, seq_len, hidden_size = hidden_states.shape
         hidden_states = hidden_states.reshape(-1, hidden_size)  # [tokens, hidden]
         router_logits, routing_weights, selected_experts = self.route(hidden_states)
+        if torch.compiler.is_compiling():
+            output = self._dense_dispatch(hidden_states, routing_weights, selected_experts)
+        else:
+            output = self._sparse_dispatch(hidden_states, routing_weights, selected_experts)
+        return output.view(batch_size, seq_len, hidden_size), router_logits
 
+    def _sparse_dispatch(self, hidden_states, routing_weights, selected_experts) -> torch.Tensor:
+        """Each expert runs once on the tokens routed to it; reads the per-expert token counts on the host."""
         if hidden_states.shape[0] == 1:  # one token (batch-1 decoding): its k experts, nothing to sort or scatter
-            output = sum(
+            return sum(
                 self.experts[e](hidden_states) * routing_weights[:, j : j + 1]
                 for j, e in enumerate(selected_experts[0].tolist())
             )
-            return output.view(batch_size, seq_len, hidden_size), router_logits
-
         flat_experts = selected_experts.reshape(-1)  # [tokens * k]
         order = flat_experts.argsort(stable=True)  # assignments grouped by expert
         token_index = order // self.top_k  # [tokens * k]: the token of each sorted assignment
@@ -157,8 +359,17 @@ class UniMoESparseMoeBlock(nn.Module):
             [self.experts[e](chunk) for e, chunk in enumerate(expert_inputs.split(counts)) if counts[e] > 0]
         )
         expert_outputs = expert_outputs * routing_weights.reshape(-1)[order].unsqueeze(-1)
-        output = torch.zeros_like(hidden_states).index_add_(0, token_index, expert_outputs)
-        return output.view(batch_size, seq_len, hidden_size), router_logits
+        return torch.zeros_like(hidden_states).index_add_(0, token_index, expert_outputs)
+
+    def _dense_dispatch(self, hidden_states, routing_weights, selected_experts) -> torch.Tensor:
+        """Every expert on every token, weighted by its routing weight (0 where not selected): no data-dependent
+        shapes, so `torch.compile` captures it as one graph. Used while compiling (the one-token decode steps)."""
+        # [tokens, k, E] one-hot of the choices, weighted and summed over k -> [tokens, E]
+        weights = (F.one_hot(selected_experts, self.num_experts) * routing_weights.unsqueeze(-1)).sum(1)
+        output = torch.zeros_like(hidden_states)
+        for e, expert in enumerate(self.experts):
+            output = output + expert(hidden_states) * weights[:, e : e + 1]
+        return output
 
 
 class UniMoEDecoderLayer(GradientCheckpointingLayer):
@@ -175,22 +386,18 @@ class UniMoEDecoderLayer(GradientCheckpointingLayer):
     def forward(
         self,
         hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
-        use_cache: bool | None = False,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         residual = hidden_states
         hidden_states = self.input_layernorm(hidden_states)
         hidden_states, attn_weights = self.self_attn(
             hidden_states=hidden_states,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
             position_embeddings=position_embeddings,
+            attention_mask=attention_mask,
+            cache=cache,
             **kwargs,
         )
         hidden_states = residual + hidden_states
@@ -247,28 +454,30 @@ def _beats_activation(name: str):
     raise ValueError(f"BEATs activation_fn {name!r} is not supported (the released checkpoint uses 'gelu')")
 
 
-class UniMoEBEATsPositionalConv(nn.Module):
-    """Grouped Conv1d with weight norm over dim 2 (one norm per kernel tap), same-padding trim, then GELU.
-    `weight_g` [1, 1, kernel] and `weight_v` [C, C / groups, kernel] are kept as plain parameters, so the keys match
-    the original's `torch.nn.utils.weight_norm(conv, dim=2)`."""
+class UniMoEBEATsPositionalConv(nn.Conv1d):
+    """Grouped Conv1d with torch's weight norm over dim 2 (one norm per kernel tap), same-padding trim, then GELU.
+    Its parameters are `parametrizations.weight.original0` (g, [1, 1, kernel]), `parametrizations.weight.original1`
+    (v, [C, C / groups, kernel]) and `bias`; every transformers release renames the original checkpoint's
+    `weight_g` / `weight_v` to these at load."""
 
     def __init__(self, config):
-        super().__init__()
-        self.channels = config.encoder_embed_dim
-        self.kernel_size = config.conv_pos
-        self.groups = config.conv_pos_groups
-        self.weight_g = nn.Parameter(torch.ones(1, 1, self.kernel_size))
-        self.weight_v = nn.Parameter(torch.empty(self.channels, self.channels // self.groups, self.kernel_size))
-        self.bias = nn.Parameter(torch.zeros(self.channels))
-        nn.init.normal_(self.weight_v, std=math.sqrt(4.0 / (self.kernel_size * self.channels)))
+        channels, kernel_size = config.encoder_embed_dim, config.conv_pos
+        super().__init__(
+            channels, channels, kernel_size=kernel_size, padding=kernel_size // 2, groups=config.conv_pos_groups
+        )
+        nn.init.normal_(self.weight, std=self.init_std)
+        nn.init.zeros_(self.bias)
+        nn.utils.parametrizations.weight_norm(self, name="weight", dim=2)
+
+    @property
+    def init_std(self) -> float:
+        return math.sqrt(4.0 / (self.kernel_size[0] * self.in_channels))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # [batch, C, tokens]
-        norm = self.weight_v.norm(dim=(0, 1), keepdim=True)  # [1, 1, kernel]: norm over all dims but dim 2
-        weight = self.weight_v * (self.weight_g / norm)
-        hidden_states = F.conv1d(
-            hidden_states, weight, self.bias, padding=self.kernel_size // 2, groups=self.groups
-        )  # [batch, C, tokens + 1] for an even kernel
-        if self.kernel_size % 2 == 0:  # SamePad: an even kernel with padding k // 2 yields one extra step at the end
+        hidden_states = super().forward(hidden_states)  # [batch, C, tokens + 1] for an even kernel
+        if (
+            self.kernel_size[0] % 2 == 0
+        ):  # SamePad: an even kernel with padding k // 2 yields one extra step at the end
             hidden_states = hidden_states[:, :, :-1]
         return F.gelu(hidden_states)
 
@@ -376,7 +585,7 @@ class UniMoEBEATsEncoderLayer(nn.Module):
 class UniMoEBEATsEncoder(nn.Module):
     def __init__(self, config):
         super().__init__()
-        # a one-element list keeps the original key names `encoder.pos_conv.0.{weight_g,weight_v,bias}`
+        # a one-element list keeps the original key prefix `encoder.pos_conv.0.`
         # (the original is nn.Sequential(weight-normed conv, SamePad, GELU); the last two have no parameters)
         self.pos_conv = nn.ModuleList([UniMoEBEATsPositionalConv(config)])
         self.layers = nn.ModuleList(
@@ -530,13 +739,24 @@ class UniMoEPreTrainedModel(PreTrainedModel):
     # under a float16 load only: the routers (bitsandbytes' CPU kernels also need out_features divisible by their block
     # size, which a 4- or 8-expert router is not), and the towers and connectors (small next to the experts). Patterns
     # match from the start of a module name, with or without the `model.` prefix of UniMoEForCausalLM.
-    _keep_in_fp32_modules = ["mlp.gate", r"(?:model\.)?(?:vision|speech|sound)_(?:tower|projector|connector)"]
+    _keep_in_fp32_modules = (
+        [r".*\.mlp\.gate(?=\.|$)", r"(?:model\.)?(?:vision|speech|sound)_(?:tower|projector|connector)"]
+        if _KEEP_IN_FP32_PATTERNS
+        else None
+    )
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False  # expert dispatch reads per-expert token counts on the host
+    # one graph for decoding: while compiling, the MoE blocks run every expert (see UniMoESparseMoeBlock)
+    _can_compile_fullgraph = True
+    # the media generate() may encode before prefill and hand over as `mm_encoder_outputs` (transformers >= 5.23)
+    input_modalities = ("image", "video", "text")
 
     def _init_weights(self, module):
+        clip = getattr(getattr(self, "model", self), "_clip", None)
+        if clip is not None and type(module).__module__ == CLIPVisionModel.__module__:
+            clip[0]._init_weights(module)  # CLIP's layers get CLIP's init, also when from_pretrained fills them in
+            return
         super()._init_weights(module)
         std = self.config.get_text_config().initializer_range
         if isinstance(module, (UniMoESpeechConnector, UniMoESoundConnector)):
@@ -552,9 +772,12 @@ class UniMoEPreTrainedModel(PreTrainedModel):
             init.copy_(module.frame_weights, (1.0 + ramp) / frames)
         elif isinstance(module, UniMoEBEATsMultiheadAttention) and module.grep_a is not None:
             init.ones_(module.grep_a)
+        elif isinstance(module, UniMoERotaryEmbedding):  # a buffer: recomputed after a meta-device load
+            init.copy_(module.inv_freq, module.compute_inv_freq(module.config))
         elif isinstance(module, UniMoEBEATsPositionalConv):
-            init.normal_(module.weight_v, mean=0.0, std=math.sqrt(4.0 / (module.kernel_size * module.channels)))
-            init.copy_(module.weight_g, module.weight_v.norm(dim=(0, 1), keepdim=True))  # weight == weight_v
+            weight_g, weight_v = module.parametrizations.weight.original0, module.parametrizations.weight.original1
+            init.normal_(weight_v, mean=0.0, std=module.init_std)
+            init.copy_(weight_g, weight_v.norm(dim=(0, 1), keepdim=True))  # weight == weight_v
             init.zeros_(module.bias)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -593,36 +816,43 @@ class UniMoETextModel(UniMoEPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
         output_router_logits: bool | None = None,
+        return_dict: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
-    ) -> UniMoEModelOutputWithPast:
+    ) -> UniMoEModelOutputWithPast | tuple:
+        r"""
+        cache / past_key_values (`Cache`, *optional*): the KV cache (`cache` is the name since transformers 5.24).
+        output_hidden_states (`bool` or `list[int]`, *optional*): all hidden states, or those of the listed indices
+            (0 = the embeddings, `num_hidden_layers` = the final normed output; None in the other places).
+        """
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
-        use_cache = use_cache if use_cache is not None else self.config.use_cache
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        config = self.config
+        cache = cache if cache is not None else past_key_values
+        use_cache = use_cache if use_cache is not None else config.use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False  # the recomputed forward would append its keys and values a second time
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
         output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
         )
         output_router_logits = (
-            output_router_logits if output_router_logits is not None else self.config.output_router_logits
+            output_router_logits if output_router_logits is not None else config.output_router_logits
         )
+        return_dict = return_dict if return_dict is not None else getattr(config, "return_dict", True)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=config)
+        cache_position = kwargs.pop("cache_position", None)  # given by generate() of transformers < 5.19
+        if cache_position is None:
+            cache_position = _cache_position(cache, inputs_embeds.shape[1], inputs_embeds.device)
         if position_ids is None:
-            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
-            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
-            position_ids = position_ids.unsqueeze(0)
+            position_ids = cache_position.unsqueeze(0)
 
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-        )
+        causal_mask = _causal_mask(config, inputs_embeds, attention_mask, cache, position_ids)
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
         all_hidden_states = () if output_hidden_states else None
@@ -634,11 +864,11 @@ class UniMoETextModel(UniMoEPreTrainedModel):
                 all_hidden_states += (hidden_states,)
             hidden_states, router_logits, attn_weights = decoder_layer(
                 hidden_states,
-                attention_mask=causal_mask,
-                position_ids=position_ids,
-                past_key_values=past_key_values,
-                use_cache=use_cache,
                 position_embeddings=position_embeddings,
+                attention_mask=causal_mask,
+                cache=cache,
+                cache_position=cache_position,
+                position_ids=position_ids,
                 **kwargs,
             )
             if output_attentions:
@@ -649,13 +879,14 @@ class UniMoETextModel(UniMoEPreTrainedModel):
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
-        return UniMoEModelOutputWithPast(
+        output = UniMoEModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
-            hidden_states=all_hidden_states,
+            hidden_states=_select_hidden_states(all_hidden_states, output_hidden_states),
             attentions=all_attentions,
             router_logits=all_router_logits,
+            **{CACHE_NAME: cache if use_cache else None},
         )
+        return output if return_dict else output.to_tuple()
 
 
 def _token_mask(attention_mask: torch.Tensor | None, num_tokens: int) -> torch.Tensor | None:
@@ -707,7 +938,11 @@ class UniMoEModel(UniMoEPreTrainedModel):
     def __init__(self, config: UniMoEConfig):
         super().__init__(config)
         if config.vision_config is not None:
-            self.vision_tower = CLIPVisionModel(config.vision_config)
+            clip = CLIPVisionModel(config.vision_config)
+            # transformers < 5.19 wraps the vision transformer in `.vision_model`: keep the inner module, whose
+            # parameter names (`embeddings.*`, `encoder.*`, ...) are those of the unwrapped CLIPVisionModel of 5.19+
+            self.vision_tower = getattr(clip, "vision_model", clip)
+            self._clip = (clip,)  # for CLIP's forward and weight init (a tuple: not registered as a submodule)
             self.vision_projector = UniMoEMultiModalProjector(config)
         if config.speech_config is not None:
             self.speech_tower = WhisperEncoder(config.speech_config)
@@ -732,49 +967,126 @@ class UniMoEModel(UniMoEPreTrainedModel):
             )
         return getattr(self, tower)
 
-    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.Tensor:
-        """[images, 3, H, W] -> [images, patches, hidden]: CLIP hidden layer `vision_feature_layer`, CLS dropped."""
-        tower = self._require("vision_tower", "pixel_values", "vision_config")
-        outputs = tower(pixel_values.to(self.vision_projector.linear_1.weight.dtype), output_hidden_states=True)
-        features = outputs.hidden_states[self.config.vision_feature_layer][:, 1:]  # [images, patches, vision_hidden]
-        return self.vision_projector(features)
+    def _features_output(self, output: BaseModelOutputWithPooling, return_dict, hidden_states, attentions):
+        """A tower's output with the projected LLM features as `pooler_output`; a tuple if `return_dict` is False."""
+        if hidden_states is None:
+            hidden_states = self.config.output_hidden_states
+        if attentions is None:
+            attentions = self.config.output_attentions
+        output.hidden_states = output.hidden_states if hidden_states else None
+        output.attentions = output.attentions if attentions else None
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        return output if return_dict else output.to_tuple()
 
-    def get_video_features(self, pixel_values_videos: torch.FloatTensor) -> torch.Tensor:
-        """[videos, frames, 3, H, W] -> [videos, patches, hidden]: each frame through the image path, then pooled over
-        frames: the mean (`config.video_pooling="mean"`, the released models), or a learned per-frame, per-channel
-        weighting (`"weighted"`), which can tell the frames' order."""
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """[images, 3, H, W] -> `pooler_output` [images, patches, hidden]: CLIP hidden layer `vision_feature_layer`, CLS
+        dropped, through the projector. `last_hidden_state` (and `hidden_states` / `attentions` when asked) are
+        CLIP's."""
+        self._require("vision_tower", "pixel_values", "vision_config")
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        outputs = self._clip[0](  # through CLIPVisionModel: some releases record hidden states only there
+            pixel_values.to(self.vision_projector.linear_1.weight.dtype),
+            output_hidden_states=True,
+            output_attentions=output_attentions,
+        )
+        features = outputs.hidden_states[self.config.vision_feature_layer][:, 1:]  # [images, patches, vision_hidden]
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=self.vision_projector(features),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return self._features_output(output, return_dict, output_hidden_states, output_attentions)
+
+    def get_video_features(
+        self,
+        pixel_values_videos: torch.FloatTensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """[videos, frames, 3, H, W] -> `pooler_output` [videos, patches, hidden]: each frame through the image path,
+        then pooled over frames: the mean (`config.video_pooling="mean"`, the released models), or a learned
+        per-frame, per-channel weighting (`"weighted"`), which can tell the frames' order. `last_hidden_state` is
+        CLIP's, the frames one after the other ([videos, frames * tokens, vision_hidden])."""
         self._require("vision_tower", "pixel_values_videos", "vision_config")
         num_videos, num_frames = pixel_values_videos.shape[:2]
-        features = self.get_image_features(pixel_values_videos.flatten(0, 1))  # [videos * frames, patches, hidden]
+        output = self.get_image_features(
+            pixel_values_videos.flatten(0, 1),
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        features = output.pooler_output  # [videos * frames, patches, hidden]
         features = features.view(num_videos, num_frames, *features.shape[1:])
         frame_weights = getattr(self.vision_projector, "frame_weights", None)
         if frame_weights is None:
-            return features.mean(dim=1)
-        if num_frames != frame_weights.shape[0]:
+            output.pooler_output = features.mean(dim=1)
+        elif num_frames != frame_weights.shape[0]:
             raise ValueError(
                 f"`pixel_values_videos` has {num_frames} frames per video, but this model learned its frame weights for "
                 f"exactly {frame_weights.shape[0]} (`config.num_video_frames`). Sample {frame_weights.shape[0]} "
                 "frames per video (the processor does)."
             )
-        return (features * frame_weights[None, :, None, :].to(features.dtype)).sum(dim=1)
+        else:
+            output.pooler_output = (features * frame_weights[None, :, None, :].to(features.dtype)).sum(dim=1)
+        last = output.last_hidden_state  # [videos * frames, tokens, vision_hidden]
+        output.last_hidden_state = last.reshape(num_videos, num_frames * last.shape[1], last.shape[2])
+        return self._features_output(output, return_dict, output_hidden_states, output_attentions)
 
-    def get_speech_features(self, input_features: torch.FloatTensor) -> torch.Tensor:
-        """[chunks, mel_bins, 3000] Whisper log-mel of 30 s chunks -> [chunks, num_speech_query_tokens, hidden]."""
+    def get_speech_features(
+        self,
+        input_features: torch.FloatTensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """[chunks, mel_bins, frames] Whisper log-mel of audio chunks -> `pooler_output` [chunks,
+        num_speech_query_tokens, hidden]; `last_hidden_state` is the Whisper encoder's."""
         tower = self._require("speech_tower", "input_features", "speech_config")
-        encoder_out = tower(input_features.to(self.speech_connector.projector.weight.dtype)).last_hidden_state
-        return self.speech_connector(encoder_out)
+        outputs = tower(
+            input_features.to(self.speech_connector.projector.weight.dtype),
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=self.speech_connector(outputs.last_hidden_state),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return self._features_output(output, return_dict, output_hidden_states, output_attentions)
 
     def get_sound_features(
-        self, sound_features: torch.FloatTensor, sound_features_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """[chunks, frames, 128] kaldi fbank (mask: 1 = real frame) -> [chunks, num_sound_query_tokens, hidden]."""
+        self,
+        sound_features: torch.FloatTensor,
+        sound_features_mask: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """[chunks, frames, 128] kaldi fbank (mask: 1 = real frame) -> `pooler_output` [chunks, num_sound_query_tokens,
+        hidden]; `last_hidden_state` is the BEATs encoder's."""
         tower = self._require("sound_tower", "sound_features", "audio_config")
         padding_mask = None if sound_features_mask is None else ~sound_features_mask.bool()
         dtype = self.sound_connector.projector.weight.dtype
         hidden_states, _ = tower(sound_features.to(dtype), padding_mask)
         # as in the original, the Q-Former attends to every BEATs token (padded ones carry no padded-frame content:
         # BEATs zeroes them and masks them as keys)
-        return self.sound_connector(hidden_states)
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states, pooler_output=self.sound_connector(hidden_states)
+        )
+        return self._features_output(output, return_dict, False, False)
 
     def _merge(self, input_ids, inputs_embeds, token_id, features, what, input_name):
         """Scatter `features` [items, tokens_per_item, hidden] into the placeholder positions of `token_id`."""
@@ -806,14 +1118,23 @@ class UniMoEModel(UniMoEPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        return_dict: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
-    ) -> UniMoEModelOutputWithPast:
+    ) -> UniMoEModelOutputWithPast | tuple:
+        r"""
+        mm_encoder_outputs (`dict`, *optional*): media already encoded by `get_image_features` / `get_video_features` /
+            `get_speech_features` / `get_sound_features`, under "image", "video", "speech", "sound" (their
+            `pooler_output` is used); generate() of transformers >= 5.23 encodes images and videos this way.
+        """
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
         config = self.config
+        encoded = mm_encoder_outputs or {}
         media = (
             ("image", config.image_token_id, "pixel_values", pixel_values, self.get_image_features),
             ("video", config.video_token_id, "pixel_values_videos", pixel_values_videos, self.get_video_features),
@@ -821,22 +1142,26 @@ class UniMoEModel(UniMoEPreTrainedModel):
             ("sound", config.sound_token_id, "sound_features", sound_features, self.get_sound_features),
         )
         for what, token_id, input_name, values, encode in media:
-            if values is None:
-                if input_ids is not None and token_id is not None and bool((input_ids == token_id).any()):
-                    raise ValueError(
-                        f"The input_ids contain {what} placeholder tokens (id {token_id}) but no `{input_name}` was "
-                        f"given. Pass the {what} inputs (UniMoEProcessor returns them) or remove the placeholders."
-                    )
+            if values is not None and encoded.get(what) is not None:
+                raise ValueError(
+                    f"Both `{input_name}` and `mm_encoder_outputs['{what}']` were given; pass one of them."
+                )
+            if values is not None:
+                extra = {"sound_features_mask": sound_features_mask} if what == "sound" else {}
+                features = encode(values, return_dict=True, **extra).pooler_output
+            elif encoded.get(what) is not None:
+                features = encoded[what].pooler_output
+            else:  # no media: the placeholders stay text tokens (as in Llava); the processor pairs them with media
                 continue
-            features = encode(values, sound_features_mask) if what == "sound" else encode(values)
             inputs_embeds = self._merge(input_ids, inputs_embeds, token_id, features, what, input_name)
 
         return self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=return_dict,
+            cache=cache if cache is not None else past_key_values,
             **kwargs,
         )
 
@@ -884,8 +1209,11 @@ class UniMoEForCausalLM(UniMoEPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         output_router_logits: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        return_dict: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
-    ) -> UniMoECausalLMOutputWithPast:
+    ) -> UniMoECausalLMOutputWithPast | tuple:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*): token ids to predict; -100
             is ignored. With `output_router_logits=True` the loss also carries the weighted aux and z losses.
@@ -894,6 +1222,7 @@ class UniMoEForCausalLM(UniMoEPreTrainedModel, GenerationMixin):
         output_router_logits = (
             output_router_logits if output_router_logits is not None else text_config.output_router_logits
         )
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -903,13 +1232,19 @@ class UniMoEForCausalLM(UniMoEPreTrainedModel, GenerationMixin):
             sound_features_mask=sound_features_mask,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_router_logits=output_router_logits,
+            mm_encoder_outputs=mm_encoder_outputs,
+            return_dict=True,
+            cache=cache if cache is not None else past_key_values,
             **kwargs,
         )
-        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        hidden_states = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int):  # 0 keeps every position
+            hidden_states = hidden_states[:, -logits_to_keep:, :]
+        else:  # a tensor of positions
+            hidden_states = hidden_states[:, logits_to_keep, :]
         logits = self.lm_head(hidden_states)
 
         loss = aux_loss = z_loss = None
@@ -922,21 +1257,33 @@ class UniMoEForCausalLM(UniMoEPreTrainedModel, GenerationMixin):
                 extra = text_config.router_aux_loss_coef * aux_loss + text_config.router_z_loss_coef * z_loss
                 loss = loss + extra.to(loss.device)
 
-        return UniMoECausalLMOutputWithPast(
+        output = UniMoECausalLMOutputWithPast(
             loss=loss,
             aux_loss=aux_loss,
             z_loss=z_loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             router_logits=outputs.router_logits,
+            **{CACHE_NAME: outputs.get(CACHE_NAME)},
         )
+        return output if return_dict else output.to_tuple()
 
-    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool = False, **kwargs):
-        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
-        if not is_first_iteration and kwargs.get("use_cache", True):
-            for name in MEDIA_INPUTS:  # the placeholders are already in the cache after prefill
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        # The media are needed until their placeholders are in the cache: in the prefill, without a cache, and in the
+        # first call of an assistant model (which generate() does not flag as a prefill, and whose cache is empty).
+        cache = model_inputs.get(CACHE_NAME)
+        needs_media = (
+            kwargs.get("is_first_iteration", False)
+            or not kwargs.get("use_cache", True)
+            or cache is None
+            or cache.get_seq_length() == 0
+        )
+        for name in MEDIA_INPUTS:
+            if needs_media and kwargs.get(name) is not None:
+                model_inputs[name] = kwargs[name]
+            elif not needs_media:
                 model_inputs.pop(name, None)
         return model_inputs
 
