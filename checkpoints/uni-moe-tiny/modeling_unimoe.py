@@ -60,13 +60,13 @@ _GENERATE_PARAMETERS = inspect.signature(GenerationMixin.prepare_inputs_for_gene
 CACHE_NAME = "cache" if "cache" in _GENERATE_PARAMETERS else "past_key_values"
 
 
-def _causal_mask(config, inputs_embeds, attention_mask, cache, position_ids):
+def _causal_mask(config, inputs_embeds, attention_mask, cache, position_ids, cache_position):
     """transformers' `create_causal_mask`, called with the argument names of the installed release."""
     kwargs = {"config": config, "attention_mask": attention_mask, "position_ids": position_ids}
     kwargs["inputs_embeds" if "inputs_embeds" in _MASK_PARAMETERS else "input_embeds"] = inputs_embeds
     kwargs["cache" if "cache" in _MASK_PARAMETERS else "past_key_values"] = cache
     if "cache_position" in _MASK_PARAMETERS:  # 4.x - 5.1x
-        kwargs["cache_position"] = _cache_position(cache, inputs_embeds.shape[1], inputs_embeds.device)
+        kwargs["cache_position"] = cache_position
     return create_causal_mask(**kwargs)
 
 
@@ -171,9 +171,9 @@ class UniMoERotaryEmbedding(nn.Module):
     def forward(self, x: torch.Tensor, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
         inv_freq = self.inv_freq[None, :, None].float().expand(position_ids.shape[0], -1, 1).to(x.device)
         positions = position_ids[:, None, :].float()  # [batch, 1, seq]
-        device_type = x.device.type if isinstance(x.device.type, str) and x.device.type != "mps" else "cpu"
+        device_type = x.device.type if x.device.type != "mps" else "cpu"
         with torch.autocast(device_type=device_type, enabled=False):  # force float32
-            freqs = (inv_freq.float() @ positions.float()).transpose(1, 2)  # [batch, seq, head_dim / 2]
+            freqs = (inv_freq @ positions).transpose(1, 2)  # [batch, seq, head_dim / 2]
             emb = torch.cat((freqs, freqs), dim=-1)  # [batch, seq, head_dim]
             cos, sin = emb.cos(), emb.sin()
         return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
@@ -475,9 +475,8 @@ class UniMoEBEATsPositionalConv(nn.Conv1d):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # [batch, C, tokens]
         hidden_states = super().forward(hidden_states)  # [batch, C, tokens + 1] for an even kernel
-        if (
-            self.kernel_size[0] % 2 == 0
-        ):  # SamePad: an even kernel with padding k // 2 yields one extra step at the end
+        # SamePad: an even kernel with padding k // 2 yields one extra step at the end
+        if self.kernel_size[0] % 2 == 0:
             hidden_states = hidden_states[:, :, :-1]
         return F.gelu(hidden_states)
 
@@ -852,7 +851,7 @@ class UniMoETextModel(UniMoEPreTrainedModel):
         if position_ids is None:
             position_ids = cache_position.unsqueeze(0)
 
-        causal_mask = _causal_mask(config, inputs_embeds, attention_mask, cache, position_ids)
+        causal_mask = _causal_mask(config, inputs_embeds, attention_mask, cache, position_ids, cache_position)
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
         all_hidden_states = () if output_hidden_states else None
@@ -967,12 +966,17 @@ class UniMoEModel(UniMoEPreTrainedModel):
             )
         return getattr(self, tower)
 
+    def _output_flags(self, output_hidden_states, output_attentions) -> tuple[bool, bool]:
+        """The feature getters' `output_hidden_states` / `output_attentions`, the config's where not given."""
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        return bool(output_hidden_states), bool(output_attentions)
+
     def _features_output(self, output: BaseModelOutputWithPooling, return_dict, hidden_states, attentions):
-        """A tower's output with the projected LLM features as `pooler_output`; a tuple if `return_dict` is False."""
-        if hidden_states is None:
-            hidden_states = self.config.output_hidden_states
-        if attentions is None:
-            attentions = self.config.output_attentions
+        """A tower's output with the projected LLM features as `pooler_output`, holding the tower's hidden states and
+        attentions only where asked for; a tuple if `return_dict` is False."""
         output.hidden_states = output.hidden_states if hidden_states else None
         output.attentions = output.attentions if attentions else None
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
@@ -990,8 +994,7 @@ class UniMoEModel(UniMoEPreTrainedModel):
         dropped, through the projector. `last_hidden_state` (and `hidden_states` / `attentions` when asked) are
         CLIP's."""
         self._require("vision_tower", "pixel_values", "vision_config")
-        if output_attentions is None:
-            output_attentions = self.config.output_attentions
+        output_hidden_states, output_attentions = self._output_flags(output_hidden_states, output_attentions)
         outputs = self._clip[0](  # through CLIPVisionModel: some releases record hidden states only there
             pixel_values.to(self.vision_projector.linear_1.weight.dtype),
             output_hidden_states=True,
@@ -1019,6 +1022,7 @@ class UniMoEModel(UniMoEPreTrainedModel):
         per-frame, per-channel weighting (`"weighted"`), which can tell the frames' order. `last_hidden_state` is
         CLIP's, the frames one after the other ([videos, frames * tokens, vision_hidden])."""
         self._require("vision_tower", "pixel_values_videos", "vision_config")
+        output_hidden_states, output_attentions = self._output_flags(output_hidden_states, output_attentions)
         num_videos, num_frames = pixel_values_videos.shape[:2]
         output = self.get_image_features(
             pixel_values_videos.flatten(0, 1),
@@ -1054,6 +1058,7 @@ class UniMoEModel(UniMoEPreTrainedModel):
         """[chunks, mel_bins, frames] Whisper log-mel of audio chunks -> `pooler_output` [chunks,
         num_speech_query_tokens, hidden]; `last_hidden_state` is the Whisper encoder's."""
         tower = self._require("speech_tower", "input_features", "speech_config")
+        output_hidden_states, output_attentions = self._output_flags(output_hidden_states, output_attentions)
         outputs = tower(
             input_features.to(self.speech_connector.projector.weight.dtype),
             output_hidden_states=output_hidden_states,

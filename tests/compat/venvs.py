@@ -91,6 +91,8 @@ def ensure_venv(version: str) -> tuple[Path, float | None]:
     start = time.perf_counter()
     uv = _uv()
     if _venv_python_version(venv) != PYTHON:
+        if venv.exists() and any(venv.iterdir()) and not (venv / "pyvenv.cfg").is_file():
+            raise VenvError(f"{venv} exists and is not a venv: move it away (this would replace it with one).")
         _uv_run([uv, "venv", "--quiet", "--clear", "-p", f"python{PYTHON}", str(venv)])
     stamp.unlink(missing_ok=True)
     # --exact: the venv holds these packages and their dependencies, nothing else (an existing venv is updated in
