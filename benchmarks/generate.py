@@ -10,7 +10,11 @@ weights and timed interleaved in one run:
   implementation (`grouped_mm`) and each other one named in `--mixtral-impls` (default: `eager`, the fastest at
   1 token and at 4096 tokens in `benchmarks.moe_block`);
 - our model with `use_cache=False`, as the original Uni-MoE inference does (the whole prefix is recomputed for every
-  token); it is slow, so it runs fewer times (`--no-cache-runs`).
+  token); it is slow, so it runs fewer times (`--no-cache-runs`);
+- compiled decoding, ours and Mixtral (default experts implementation): a static cache and generate()'s own
+  `torch.compile` of the decode step (`CompileConfig(fullgraph=True)`; on GPUs generate() does this by itself with
+  `cache_implementation="static"`, on CPUs only when asked through `compile_config._compile_all_devices`). While
+  compiling, our MoE blocks run every expert (zero weights where not routed), so the ratio shows that cost too.
 
 The logits of the prompt are checked to agree with Mixtral's (max abs difference printed) and the generated tokens are
 compared. Greedy, batch 1, a 128-token random prompt, 128 new tokens (`min_new_tokens = max_new_tokens`, so every run
@@ -21,7 +25,7 @@ import argparse
 
 import torch
 from tqdm import tqdm
-from transformers import MixtralConfig, MixtralForCausalLM
+from transformers import CompileConfig, MixtralConfig, MixtralForCausalLM
 
 from modeling_unimoe.configuration_unimoe import UniMoEConfig, UniMoETextConfig
 from modeling_unimoe.modeling_unimoe import UniMoEForCausalLM
@@ -138,10 +142,16 @@ def run(args) -> str:
     kwargs = dict(attention_mask=attention_mask, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
     outputs = {}
 
-    def generate(name, model, use_cache):
+    compiled = CompileConfig(fullgraph=True, dynamic=False)
+    compiled._compile_all_devices = (
+        True  # generate() compiles on GPUs only unless told (transformers' own tests do so)
+    )
+    static = dict(cache_implementation="static", compile_config=compiled)
+
+    def generate(name, model, use_cache, extra=None):
         def step():
             with torch.no_grad():
-                out = model.generate(input_ids, use_cache=use_cache, **kwargs)
+                out = model.generate(input_ids, use_cache=use_cache, **kwargs, **(extra or {}))
             assert out.shape[1] == args.prompt_tokens + n, out.shape
             outputs[name] = out
 
@@ -150,9 +160,13 @@ def run(args) -> str:
     peers = {"ours": generate("ours", ours, True)}
     for impl, model in mixtral.items():
         peers[f"mixtral {impl}"] = generate(f"mixtral {impl}", model, True)
+    peers["ours compiled"] = generate("ours compiled", ours, True, static)
+    peers[f"mixtral {default_impl} compiled"] = generate(
+        f"mixtral {default_impl} compiled", mixtral[default_impl], True, static
+    )
     peers["ours no-cache"] = generate("ours no-cache", ours, False)
 
-    for _ in tqdm(range(1), desc="warm-up"):
+    for _ in tqdm(range(1), desc="warm-up (compiles the compiled peers)"):
         interleaved({k: v for k, v in peers.items() if k != "ours no-cache"}, 1)
     max_calls = {"ours no-cache": args.no_cache_runs}
     steps = {}
@@ -184,16 +198,19 @@ def run(args) -> str:
                 f"{1e3 * median(t) / n:.2f}",
                 f"{median(t):.2f}",
                 len(t),
-                f"{tps['ours'] / tps[name]:.2f}x",
+                f"{tps['ours'] / tps[name]:.2f}x",  # eager ours against every peer
                 "yes" if same[name] else "no",
             ]
         )
     table = markdown_table(
         ["peer", "tokens/s", "ms/token", "s/generate (median)", "runs", "ours / peer", "same tokens as ours"], rows
     )
+    compiled_mixtral = f"mixtral {default_impl} compiled"
     summary = [
         f"- ours / mixtral {default_impl} (default): **{tps['ours'] / tps[f'mixtral {default_impl}']:.2f}x**; "
         f"ours / fastest mixtral ({best_impl}): **{tps['ours'] / tps[f'mixtral {best_impl}']:.2f}x** (target >= 1.2x)",
+        f"- compiled: ours / {compiled_mixtral}: **{tps['ours compiled'] / tps[compiled_mixtral]:.2f}x**; "
+        f"ours compiled / ours eager: **{tps['ours compiled'] / tps['ours']:.2f}x**",
         f"- ours / ours no-cache: **{tps['ours'] / tps['ours no-cache']:.1f}x** (target >= 10x); the no-cache peer "
         f"ran {len(times['ours no-cache'])} times (interleaved with the first rounds), the others {args.rounds} times",
         "- prompt logits, max abs diff mixtral - ours: " + ", ".join(f"{i} {d:.1e}" for i, d in diffs.items()),
