@@ -9,7 +9,10 @@ model, the auxiliary losses, the multimodal model and the causal LM head.
 
 import importlib.util
 import inspect
+import logging as std_logging
 import math
+import os
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +28,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel
 from transformers.models.clip.modeling_clip import CLIPVisionModel
 from transformers.models.whisper.modeling_whisper import WhisperDecoder, WhisperEncoder
-from transformers.utils import logging
+from transformers.utils import cached_file, logging
 
 from .configuration_unimoe import UniMoEConfig, UniMoETextConfig
 
@@ -720,6 +723,62 @@ class UniMoESoundConnector(nn.Module):
         return self.projector(hidden_states)  # [chunks, Q, hidden]
 
 
+def _keep_unsupported_cpu_4bit_layers_unpacked(model: nn.Module) -> None:
+    """bitsandbytes' fast CPU path for 4-bit layers in eval mode (on CPUs with AVX512-BF16) repacks each weight in
+    blocks of 32 output rows and whole quantization blocks per input row, and fails on other widths (e.g. the `tiny`
+    preset's 176-wide FFNs); such layers stay on bitsandbytes' generic 4-bit path."""
+    for module in model.modules():
+        if not getattr(module, "support_avx512bf16_for_cpu", False):
+            continue
+        blocksize = getattr(getattr(module.weight, "quant_state", None), "blocksize", 64)
+        if module.out_features % 32 or module.in_features % blocksize:
+            module.support_avx512bf16_for_cpu = False
+
+
+class _FirstOfEachMessage(std_logging.Filter):
+    """Lets each distinct message through once."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+def _warn_once_per_message(logger_name: str) -> None:
+    """bitsandbytes' 8-bit matmul warns about its input cast on every call (each layer, each token); keep the first."""
+    target = std_logging.getLogger(logger_name)
+    if not any(isinstance(f, _FirstOfEachMessage) for f in target.filters):
+        target.addFilter(_FirstOfEachMessage())
+
+
+def _custom_pipeline_files(config) -> list[str]:
+    """The code files (`module.py`) the config's `custom_pipelines` entries name in their `impl`."""
+    pipelines = getattr(config, "custom_pipelines", None) or {}
+    return sorted({entry["impl"].rsplit(".", 1)[0] + ".py" for entry in pipelines.values() if "impl" in entry})
+
+
+def _find_code_file(filename: str, name_or_path: str) -> str | None:
+    """`filename` beside this file, else in the local folder or Hub repository (cached) the model came from."""
+    sibling = os.path.join(os.path.dirname(os.path.abspath(__file__)), filename)
+    if os.path.isfile(sibling):
+        return sibling
+    if not name_or_path:
+        return None
+    if os.path.isdir(name_or_path):
+        candidate = os.path.join(name_or_path, filename)
+        return candidate if os.path.isfile(candidate) else None
+    try:
+        return cached_file(name_or_path, filename, _raise_exceptions_for_missing_entries=False)
+    except OSError:  # offline, or the repository is gone
+        return None
+
+
 class UniMoEPreTrainedModel(PreTrainedModel):
     config: UniMoEConfig
     config_class = UniMoEConfig
@@ -751,6 +810,14 @@ class UniMoEPreTrainedModel(PreTrainedModel):
     # the media generate() may encode before prefill and hand over as `mm_encoder_outputs` (transformers >= 5.23)
     input_modalities = ("image", "video", "text")
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        # transformers (5.x) skips, for remote code, every module whose own parameters are all loaded, since such code
+        # may write weights in place; for modules without parameters of their own (CLIP's attention and MLP, which
+        # initialise their child layers) that skip would leave missing CLIP layers with the generic init. Our
+        # `_init_weights` goes through transformers' initialisers, which leave loaded weights alone, so it opts out.
+        return False
+
     def _init_weights(self, module):
         clip = getattr(getattr(self, "model", self), "_clip", None)
         if clip is not None and type(module).__module__ == CLIPVisionModel.__module__:
@@ -779,12 +846,38 @@ class UniMoEPreTrainedModel(PreTrainedModel):
             init.copy_(weight_g, weight_v.norm(dim=(0, 1), keepdim=True))  # weight == weight_v
             init.zeros_(module.bias)
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not mode:  # from_pretrained ends with eval(); bitsandbytes picks its CPU 4-bit kernel in eval mode only
+            _keep_unsupported_cpu_4bit_layers_unpacked(self)
+        if any(type(module).__name__ == "Linear8bitLt" for module in self.modules()):
+            _warn_once_per_message("bitsandbytes.autograd._functions")
+        return self
+
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save weights and config; the config's `auto_map` lets every Auto class load the folder with remote code."""
+        """Save weights and config; the config's `auto_map` lets every Auto class load the folder with remote code.
+
+        The code files the config's `custom_pipelines` name (e.g. `pipeline_unimoe.py`) are copied too, from beside this
+        file or from the folder / Hub repository the model was loaded from, so that the saved folder stays complete
+        (also after PEFT's `merge_and_unload()`).
+        """
         self.config.auto_map = dict(AUTO_MAP)
         if type(self)._auto_class is None:
             type(self).register_for_auto_class("AutoModelForCausalLM")
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        for filename in _custom_pipeline_files(self.config):
+            target = os.path.join(save_directory, filename)
+            if not os.path.isfile(target):
+                source = _find_code_file(filename, self.config._name_or_path)
+                if source is None:
+                    logger.warning(
+                        f"config.json names `{filename}` under `custom_pipelines`, but it is neither beside "
+                        f"{__file__} nor in {self.config._name_or_path!r}; the saved folder's pipeline will not load. "
+                        f"Copy {filename} into {save_directory}, or delete `custom_pipelines` from its config.json."
+                    )
+                else:
+                    shutil.copyfile(source, target)
+        return result
 
 
 class UniMoETextModel(UniMoEPreTrainedModel):

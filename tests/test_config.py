@@ -97,3 +97,21 @@ def test_released_presets_have_the_released_parameter_counts(preset, billions):
         assert abs(counts["sound_tower"] / 1e6 - 90) < 0.5  # BEATs iter3+: "90M parameters"
     total = sum(p.numel() for p in model.parameters())
     assert abs(total / 1e9 - billions) < 0.05, total
+
+
+def test_moe_settings_are_readable_and_settable_at_the_top_level(tmp_path):
+    config = UniMoEConfig.from_preset("tiny")
+    for name in ("num_experts", "num_experts_per_tok", "output_router_logits", "router_aux_loss_coef"):
+        assert getattr(config, name) == getattr(config.text_config, name)
+    config.output_router_logits = True
+    config.router_aux_loss_coef = 0.25
+    assert config.text_config.output_router_logits is True and config.text_config.router_aux_loss_coef == 0.25
+    saved = config.to_dict()
+    assert "output_router_logits" not in saved and saved["text_config"]["router_aux_loss_coef"] == 0.25
+    assert UniMoEConfig.from_preset("tiny", output_router_logits=True).text_config.output_router_logits is True
+
+    UniMoEForCausalLM(UniMoEConfig.from_preset("tiny")).save_pretrained(tmp_path)
+    model = UniMoEForCausalLM.from_pretrained(tmp_path, output_router_logits=True, router_aux_loss_coef=0.5)
+    text = model.config.text_config
+    assert text.output_router_logits is True and text.router_aux_loss_coef == 0.5
+    assert model.model.language_model.config.output_router_logits is True

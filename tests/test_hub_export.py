@@ -52,6 +52,17 @@ def test_saved_folder_has_auto_map_and_code(tmp_path, tiny_model):
     assert "model.language_model.layers.0.mlp.gate.weight" in keys
 
 
+def test_saving_a_loaded_folder_keeps_its_custom_pipeline_file(tmp_path):
+    """config.json names pipeline_unimoe.py under `custom_pipelines`; saving a model loaded from such a folder (here the
+    embedded checkpoint, through this package's class) writes that file too."""
+    source = REPO / "checkpoints" / "uni-moe-tiny"
+    model = UniMoEForCausalLM.from_pretrained(source)
+    model.save_pretrained(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert saved["custom_pipelines"]["unimoe-any-to-text"]["impl"] == "pipeline_unimoe.UniMoEPipeline"
+    assert (tmp_path / "saved" / "pipeline_unimoe.py").read_bytes() == (source / "pipeline_unimoe.py").read_bytes()
+
+
 @pytest.mark.parametrize("file", HUB_FILES + PROCESSOR_HUB_FILES, ids=lambda p: p.name)
 def test_hub_files_import_only_torch_transformers_stdlib_and_siblings(file):
     allowed = {"torch", "transformers"} | set(sys.stdlib_module_names)

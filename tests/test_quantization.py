@@ -166,3 +166,41 @@ def test_quantized_model_runs_the_media_paths(saved_tiny):
     error = (got - expected).abs()
     # measured: max / mean abs error 0.12 / 0.015 (4-bit nf4), as on text alone
     assert 0 < error.max() < 0.25 and error.mean() < 0.04, (error.max(), error.mean())
+
+
+def test_nf4_bfloat16_on_cpu_with_the_presets_widths(tmp_path):
+    """The README's nf4 snippet (bfloat16 compute, the preset's 176-wide FFNs): bitsandbytes' packed CPU kernel needs
+    widths the FFNs do not have, so those layers must stay on the generic 4-bit path; generation gives tokens."""
+    torch.manual_seed(0)
+    UniMoEForCausalLM(UniMoEConfig.from_preset("tiny")).save_pretrained(tmp_path)
+    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    model = UniMoEForCausalLM.from_pretrained(tmp_path, quantization_config=nf4, dtype=torch.bfloat16)
+    four_bit = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    this_cpu = {m: m.support_avx512bf16_for_cpu for m in four_bit}
+    for module in four_bit:
+        module.support_avx512bf16_for_cpu = True  # as bitsandbytes sets it on a CPU with AVX512-BF16
+    model.eval()
+    narrow = [m for m in four_bit if m.out_features % 32 or m.in_features % 64]
+    assert narrow and all(not m.support_avx512bf16_for_cpu for m in narrow)
+    assert all(m.support_avx512bf16_for_cpu for m in four_bit if m not in narrow)
+    for module in four_bit:  # generate with this CPU's own kernel choice
+        module.support_avx512bf16_for_cpu = this_cpu[module] and module not in narrow
+    ids = torch.randint(7, 512, (1, 8), generator=torch.Generator().manual_seed(0))
+    out = model.generate(input_ids=ids, max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, 12)
+
+
+def test_8bit_generation_prints_the_input_cast_warning_once(saved_tiny, caplog):
+    """bitsandbytes warns about its input cast on every 8-bit matmul; a loaded model lets the first one through."""
+    import logging
+
+    _, path = saved_tiny
+    bnb_logger = logging.getLogger("bitsandbytes.autograd._functions")
+    for installed in [f for f in bnb_logger.filters if type(f).__name__ == "_FirstOfEachMessage"]:
+        bnb_logger.removeFilter(installed)  # earlier tests' models have shown it already
+    model = UniMoEForCausalLM.from_pretrained(path, quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+    ids = torch.randint(7, 512, (1, 8), generator=torch.Generator().manual_seed(0))
+    with caplog.at_level("WARNING", logger="bitsandbytes"):
+        model.generate(input_ids=ids, max_new_tokens=4, do_sample=False)
+    casts = [r for r in caplog.records if "MatMul8bitLt: inputs will be cast" in r.getMessage()]
+    assert len(casts) == 1, [r.getMessage() for r in caplog.records]

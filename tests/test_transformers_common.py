@@ -71,7 +71,6 @@ KNOWN_GAPS: dict[str, str] = {
     "test_model_rope_scaling_frequencies": "Uni-MoE has the default RoPE only (every released model); others raise",
     "test_model_rope_scaling_from_config": "Uni-MoE has the default RoPE only (every released model); others raise",
     "test_keep_in_fp32_modules_exist": "the fp32 patterns also name the optional towers, absent from some configs",
-    "test_can_init_all_missing_weights": "under remote code, from_pretrained gives CLIP's layers the generic init",
 }
 
 

@@ -136,3 +136,29 @@ def test_gradient_checkpointing_training_uses_no_cache(tiny_model):
     out = tiny_model(input_ids=ids, labels=ids, use_cache=True)
     out.loss.backward()
     assert out.get("past_key_values") is None and out.get("cache") is None
+
+
+def test_from_pretrained_gives_missing_clip_layers_clips_init(tmp_path, tiny_model):
+    """A checkpoint without the vision tower: from_pretrained gives the tower's layers CLIP's own init (scaled by
+    width and depth), as in a freshly constructed model, not the generic `initializer_range`."""
+    from safetensors.torch import load_file, save_file
+
+    tiny_model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if ".vision_tower." not in k}, tmp_path / "model.safetensors")
+    model = UniMoEForCausalLM.from_pretrained(tmp_path)
+    vision = model.config.vision_config
+    width, depth = vision.hidden_size, vision.num_hidden_layers
+    layer = model.model.vision_tower.encoder.layers[0]
+    expected = {
+        "q_proj": width**-0.5 * (2 * depth) ** -0.5,
+        "out_proj": width**-0.5,
+        "fc1": (2 * width) ** -0.5,
+    }
+    got = {
+        "q_proj": layer.self_attn.q_proj.weight.std().item(),
+        "out_proj": layer.self_attn.out_proj.weight.std().item(),
+        "fc1": layer.mlp.fc1.weight.std().item(),
+    }
+    for name, std in expected.items():
+        assert got[name] == pytest.approx(std * vision.initializer_factor, rel=0.15), (name, got, expected)

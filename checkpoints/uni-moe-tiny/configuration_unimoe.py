@@ -249,6 +249,18 @@ class UniMoEBEATsConfig(PreTrainedConfig):
         super().__init__(**kwargs)
 
 
+def _text_config_field(name: str) -> property:
+    """A top-level config attribute that reads and writes `text_config.<name>` (as MoE users set them on Mixtral)."""
+
+    def get(self):
+        return getattr(self.text_config, name)
+
+    def set(self, value):
+        setattr(self.text_config, name, value)
+
+    return property(get, set, doc=f"`text_config.{name}`, readable and settable here.")
+
+
 class UniMoEConfig(PreTrainedConfig):
     r"""
     Configuration of a Uni-MoE model: the MoE language model plus the modality towers and connectors that are present.
@@ -287,6 +299,12 @@ class UniMoEConfig(PreTrainedConfig):
         "audio_config": UniMoEBEATsConfig,
         "audio_qformer_config": AutoConfig,
     }
+    # the language model's MoE settings, also at the top level (from_pretrained(..., output_router_logits=True) too)
+    num_experts = _text_config_field("num_experts")
+    num_experts_per_tok = _text_config_field("num_experts_per_tok")
+    output_router_logits = _text_config_field("output_router_logits")
+    router_aux_loss_coef = _text_config_field("router_aux_loss_coef")
+    router_z_loss_coef = _text_config_field("router_z_loss_coef")
 
     def __init__(
         self,
