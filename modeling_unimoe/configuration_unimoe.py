@@ -9,6 +9,7 @@ dataclass configurations still take them).
 import copy
 
 from transformers import AutoConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.utils import logging
 
@@ -26,7 +27,10 @@ VISION_CONNECTORS = ("mlp2x_gelu",)
 SPEECH_CONNECTORS = ("whisper_decoder",)
 SOUND_CONNECTORS = ("qformer",)
 VIDEO_POOLING = ("mean", "weighted")
-ROPE_TYPES = ("default",)
+# "default" (every released model) and the scaled types of the installed transformers (linear, dynamic, yarn, ...)
+ROPE_TYPES = ("default", *(name for name in ROPE_INIT_FUNCTIONS if name != "default"))
+# the scaled types that take a `factor`
+ROPE_TYPES_WITH_FACTOR = ("linear", "dynamic", "yarn", "llama3")
 
 
 def _check_choice(name, value, allowed):
@@ -54,8 +58,9 @@ class UniMoETextConfig(PreTrainedConfig):
     `moe_layers` and dense LLaMA MLPs elsewhere.
 
     Args (beyond the usual LLaMA ones):
-        rope_parameters (`dict`, *optional*): `{"rope_type": "default", "rope_theta": 10000.0}` (the released models;
-            only the default RoPE is supported). A legacy `rope_theta=` keyword sets the theta.
+        rope_parameters (`dict`, *optional*): `{"rope_type": "default", "rope_theta": 10000.0}` (the released models),
+            or a scaled RoPE of transformers (`"linear"`, `"dynamic"`, `"yarn"`, `"longrope"`, `"llama3"`, with their
+            parameters, e.g. `"factor"`). The legacy `rope_theta=` and `rope_scaling=` keywords are merged into it.
         num_experts (`int`): experts per MoE layer.
         num_experts_per_tok (`int`): experts each token is routed to (top-k).
         moe_layers (`str` or `list[int]`): `"all"`, `"even"` (layers 0, 2, 4, ...; odd layers keep a dense MLP, the
@@ -125,11 +130,21 @@ class UniMoETextConfig(PreTrainedConfig):
         self.output_router_logits = output_router_logits
         self.capacity_factor = capacity_factor
         rope_theta = kwargs.pop("rope_theta", None)
-        if kwargs.pop("rope_scaling", None) is not None:
-            raise ValueError("`rope_scaling` is not supported: Uni-MoE uses the default RoPE. Drop it.")
+        rope_scaling = kwargs.pop("rope_scaling", None)
         rope_parameters = dict(rope_parameters or {"rope_type": "default", "rope_theta": 10000.0})
         if rope_theta is not None:
             rope_parameters["rope_theta"] = float(rope_theta)
+        if rope_scaling:  # transformers 4.x's name; its "type" is "rope_type"
+            rope_scaling = dict(rope_scaling)
+            rope_parameters["rope_type"] = rope_scaling.pop("rope_type", rope_scaling.pop("type", "default"))
+            rope_parameters.update(rope_scaling)
+        rope_type = rope_parameters.get("rope_type", "default")
+        _check_choice("rope_parameters['rope_type']", rope_type, ROPE_TYPES)
+        if rope_type in ROPE_TYPES_WITH_FACTOR and "factor" not in rope_parameters:
+            raise ValueError(
+                f"RoPE type {rope_type!r} needs a scaling factor, but `rope_parameters` is {rope_parameters}. Add "
+                '"factor" (e.g. 2.0 for twice the trained context).'
+            )
         self.rope_parameters = rope_parameters
         super().__init__(
             pad_token_id=pad_token_id,
@@ -141,7 +156,6 @@ class UniMoETextConfig(PreTrainedConfig):
         self._validate()
 
     def _validate(self):
-        _check_choice("rope_parameters['rope_type']", self.rope_parameters.get("rope_type", "default"), ROPE_TYPES)
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be a multiple of `num_attention_heads` "

@@ -115,3 +115,12 @@ def test_moe_settings_are_readable_and_settable_at_the_top_level(tmp_path):
     text = model.config.text_config
     assert text.output_router_logits is True and text.router_aux_loss_coef == 0.5
     assert model.model.language_model.config.output_router_logits is True
+
+
+def test_rope_scaling_legacy_keyword_and_missing_factor():
+    text = UniMoETextConfig(rope_theta=5e5, rope_scaling={"type": "linear", "factor": 2.0})
+    assert text.rope_parameters == {"rope_type": "linear", "rope_theta": 5e5, "factor": 2.0}
+    with pytest.raises(ValueError, match=r"RoPE type 'yarn' needs a scaling factor.*Add \"factor\""):
+        UniMoETextConfig(rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0})
+    with pytest.raises(ValueError, match=r"`rope_parameters\['rope_type'\]` must be one of .*'linear'.*got 'ntk'"):
+        UniMoETextConfig(rope_parameters={"rope_type": "ntk", "factor": 2.0})

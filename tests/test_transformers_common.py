@@ -66,14 +66,6 @@ NOT_APPLICABLE: dict[str, dict[str, str]] = {
 }
 
 
-# Where Uni-MoE differs from a native model (the README lists these): test -> reason. Applied to every test class.
-KNOWN_GAPS: dict[str, str] = {
-    "test_model_rope_scaling_frequencies": "Uni-MoE has the default RoPE only (every released model); others raise",
-    "test_model_rope_scaling_from_config": "Uni-MoE has the default RoPE only (every released model); others raise",
-    "test_keep_in_fp32_modules_exist": "the fp32 patterns also name the optional towers, absent from some configs",
-}
-
-
 def _lookup(table: dict[str, dict[str, str]], cls_name: str, test_name: str) -> str | None:
     for key in ("*", cls_name):
         for name, reason in table.get(key, {}).items():
@@ -93,8 +85,6 @@ class _SkipKnownNative:
 
     def setUp(self):
         cls_name, test_name = type(self).__name__, self._testMethodName
-        if reason := _lookup({"*": KNOWN_GAPS}, cls_name, test_name):
-            self.skipTest(f"known gap: {reason}")
         if reason := _lookup(KNOWN_NATIVE, cls_name, test_name):
             self.skipTest(f"native transformers model fails/skips too: {reason}")
         if reason := _lookup(NOT_APPLICABLE, cls_name, test_name):

@@ -7,6 +7,7 @@ the sparse MoE block, the decoder layer, the BEATs sound encoder, the connectors
 model, the auxiliary losses, the multimodal model and the causal LM head.
 """
 
+import copy
 import importlib.util
 import inspect
 import logging as std_logging
@@ -24,6 +25,7 @@ from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel
 from transformers.models.clip.modeling_clip import CLIPVisionModel
@@ -57,6 +59,19 @@ except ImportError:  # 4.x: torch's own (4.x only initialises the weights a chec
 # module names present in every model class, which the optional towers cannot promise
 _KEEP_IN_FP32_PATTERNS = importlib.util.find_spec("transformers.core_model_loading") is not None
 _MASK_PARAMETERS = inspect.signature(create_causal_mask).parameters
+
+
+def _rope_functions_config(config):
+    """The config transformers' RoPE functions read: 5.x reads `rope_parameters`; 4.x reads `rope_scaling` (the same
+    dict) and `rope_theta`, which a copy of the config carries."""
+    if hasattr(config, "standardize_rope_params"):
+        return config
+    legacy = copy.copy(config)
+    legacy.rope_scaling = dict(config.rope_parameters)
+    legacy.rope_theta = float(config.rope_parameters.get("rope_theta", 10000.0))
+    return legacy
+
+
 # 5.24 renamed the cache argument of forward() and the cache field of model outputs from `past_key_values` to `cache`;
 # generate() passes and reads the name of the installed release.
 _GENERATE_PARAMETERS = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
@@ -95,6 +110,8 @@ AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_unimoe.UniMoEForCausalLM",
     "AutoModelForImageTextToText": "modeling_unimoe.UniMoEForCausalLM",
 }
+# Each tower's name prefix (`vision_tower`, ...) and the config field that builds it.
+TOWER_CONFIGS = {"vision": "vision_config", "speech": "speech_config", "sound": "audio_config"}
 # Media inputs that only the prefill step consumes.
 MEDIA_INPUTS = (
     "pixel_values",
@@ -157,20 +174,33 @@ class UniMoERMSNorm(nn.Module):
 
 
 class UniMoERotaryEmbedding(nn.Module):
-    """The default RoPE: cos / sin of `position * theta^(-2i / head_dim)`, computed in float32."""
+    """RoPE: cos / sin of `position * inv_freq`, computed in float32. The default type (every released model) has
+    `inv_freq = theta^(-2i / head_dim)`; the scaled types of `rope_parameters["rope_type"]` (linear, dynamic, yarn,
+    longrope, llama3) come from transformers' RoPE functions, as in its LLaMA."""
 
     def __init__(self, config: UniMoETextConfig):
         super().__init__()
-        self.config = config
-        self.register_buffer("inv_freq", self.compute_inv_freq(config), persistent=False)
+        self.rope_type = config.rope_parameters.get("rope_type", "default")
+        self.config = config if self.rope_type == "default" else _rope_functions_config(config)
+        self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
+        self.rope_init_fn = (
+            self.compute_default_rope_parameters
+            if self.rope_type == "default"
+            else ROPE_INIT_FUNCTIONS[self.rope_type]
+        )
+        inv_freq, self.attention_scaling = self.rope_init_fn(self.config, None)  # 4.x wants the device
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)  # for the dynamic types
 
     @staticmethod
-    def compute_inv_freq(config: UniMoETextConfig) -> torch.Tensor:
+    def compute_default_rope_parameters(config: UniMoETextConfig, device=None, **kwargs) -> tuple[torch.Tensor, float]:
+        """The inverse frequencies [head_dim / 2] of the default RoPE, and the scale of cos / sin (1)."""
         base = float(config.rope_parameters.get("rope_theta", 10000.0))
         dim = config.head_dim
-        return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))  # [head_dim / 2]
+        return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)), 1.0
 
     @torch.no_grad()
+    @dynamic_rope_update  # the dynamic types recompute inv_freq for long inputs; a no-op for the others
     def forward(self, x: torch.Tensor, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
         inv_freq = self.inv_freq[None, :, None].float().expand(position_ids.shape[0], -1, 1).to(x.device)
         positions = position_ids[:, None, :].float()  # [batch, 1, seq]
@@ -178,7 +208,7 @@ class UniMoERotaryEmbedding(nn.Module):
         with torch.autocast(device_type=device_type, enabled=False):  # force float32
             freqs = (inv_freq @ positions).transpose(1, 2)  # [batch, seq, head_dim / 2]
             emb = torch.cat((freqs, freqs), dim=-1)  # [batch, seq, head_dim]
-            cos, sin = emb.cos(), emb.sin()
+            cos, sin = emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
         return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
 
 
@@ -757,6 +787,17 @@ def _warn_once_per_message(logger_name: str) -> None:
         target.addFilter(_FirstOfEachMessage())
 
 
+def _fp32_module_patterns(towers, routers: bool) -> list[str] | None:
+    """`_keep_in_fp32_modules` for a model with these towers (and routers): the routers, each tower and its connector
+    (transformers 5.x; None on 4.x)."""
+    if not _KEEP_IN_FP32_PATTERNS:
+        return None
+    patterns = [r".*\.mlp\.gate(?=\.|$)"] if routers else []
+    if towers:
+        patterns.append(rf"(?:model\.)?(?:{'|'.join(towers)})_(?:tower|projector|connector)")
+    return patterns
+
+
 def _custom_pipeline_files(config) -> list[str]:
     """The code files (`module.py`) the config's `custom_pipelines` entries name in their `impl`."""
     pipelines = getattr(config, "custom_pipelines", None) or {}
@@ -797,11 +838,7 @@ class UniMoEPreTrainedModel(PreTrainedModel):
     # under a float16 load only: the routers (bitsandbytes' CPU kernels also need out_features divisible by their block
     # size, which a 4- or 8-expert router is not), and the towers and connectors (small next to the experts). Patterns
     # match from the start of a module name, with or without the `model.` prefix of UniMoEForCausalLM.
-    _keep_in_fp32_modules = (
-        [r".*\.mlp\.gate(?=\.|$)", r"(?:model\.)?(?:vision|speech|sound)_(?:tower|projector|connector)"]
-        if _KEEP_IN_FP32_PATTERNS
-        else None
-    )
+    _keep_in_fp32_modules = _fp32_module_patterns(list(TOWER_CONFIGS), routers=True)
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
@@ -838,13 +875,22 @@ class UniMoEPreTrainedModel(PreTrainedModel):
             init.copy_(module.frame_weights, (1.0 + ramp) / frames)
         elif isinstance(module, UniMoEBEATsMultiheadAttention) and module.grep_a is not None:
             init.ones_(module.grep_a)
-        elif isinstance(module, UniMoERotaryEmbedding):  # a buffer: recomputed after a meta-device load
-            init.copy_(module.inv_freq, module.compute_inv_freq(module.config))
+        elif isinstance(module, UniMoERotaryEmbedding):  # buffers: recomputed after a meta-device load
+            inv_freq, _ = module.rope_init_fn(module.config, None)
+            init.copy_(module.inv_freq, inv_freq)
+            init.copy_(module.original_inv_freq, inv_freq)
         elif isinstance(module, UniMoEBEATsPositionalConv):
             weight_g, weight_v = module.parametrizations.weight.original0, module.parametrizations.weight.original1
             init.normal_(weight_v, mean=0.0, std=module.init_std)
             init.copy_(weight_g, weight_v.norm(dim=(0, 1), keepdim=True))  # weight == weight_v
             init.zeros_(module.bias)
+
+    def post_init(self):
+        # only the parts this config builds, so that every pattern names a module
+        config = self.config
+        towers = [name for name, sub in TOWER_CONFIGS.items() if getattr(config, sub, None) is not None]
+        self._keep_in_fp32_modules = _fp32_module_patterns(towers, bool(config.get_text_config().moe_layer_indices))
+        super().post_init()
 
     def train(self, mode: bool = True):
         super().train(mode)
