@@ -24,7 +24,7 @@ from ._common import replace_markdown_section, run_probed
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
-HEADER = "## Conversion (issue 4)"
+HEADER = "## Conversion"
 
 
 def build(root: Path, hidden: int, intermediate: int, layers: int, heads: int) -> dict:

@@ -41,7 +41,7 @@ from ._common import (
 )
 
 
-HEADER = "## Generation (issue 2)"
+HEADER = "## Generation"
 DIMS = dict(
     vocab_size=32000,
     hidden_size=512,

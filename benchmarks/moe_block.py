@@ -40,7 +40,7 @@ from ._common import (
 
 IMPLS = ("eager", "grouped_mm", "batched_mm")
 MODES = ("forward", "forward+backward")
-HEADER = "## MoE block (issue 2)"
+HEADER = "## MoE block"
 
 
 def text_config(hidden, intermediate, experts, top_k) -> UniMoETextConfig:

@@ -30,7 +30,7 @@ from ._common import fix_threads, machine_line, markdown_table, replace_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
-HEADER = "## Quantization (issue 6)"
+HEADER = "## Quantization"
 MODELS = ("ours", "mixtral")
 PRECISIONS = ("fp32", "bf16", "int8", "nf4", "nf4-dq")
 PRECISION_LABEL = {

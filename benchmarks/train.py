@@ -22,7 +22,7 @@ from modeling_unimoe.training.stages import apply_lora
 from ._common import fix_threads, machine_line, markdown_table, measure_quietly, median, replace_markdown_section
 
 
-HEADER = "## Stage-3 training (issue 5)"
+HEADER = "## Stage-3 training"
 
 
 def build(dims: dict, seed: int = 0):

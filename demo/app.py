@@ -1,13 +1,27 @@
 # Copyright 2026 The uni-moe developers. Licensed under the Apache License, Version 2.0.
 """Uni-MoE chat demo (Gradio): ask about images, videos, speech and sounds, and see which experts the tokens took.
 
-    python demo/app.py                                   # the embedded tiny model, http://127.0.0.1:7860
-    python demo/app.py --model org/uni-moe --port 8080   # a Hub id or a local folder
-    python demo/app.py --load-in-4bit                    # bitsandbytes 4-bit weights (8-bit: --load-in-8bit)
+    python demo/app.py                                    # http://127.0.0.1:7860, the default model (below)
+    python demo/app.py --model org/uni-moe --revision COMMIT --port 8080   # a Hub id (pinned) or a local folder
+    python demo/app.py --quantization 4bit                # bitsandbytes 4-bit (NF4) weights; 8bit: LLM.int8
 
-The chat endpoint is `/chat` (`gradio_client.Client(url).predict(message, temperature, max_new_tokens, audio_is,
-api_name="/chat")` with `message = {"text": ..., "files": [handle_file(path)]}`); it returns the answer and the
-experts plot. Answers stream token by token (transformers' `TextIteratorStreamer`, generation in a thread).
+This folder is also a Hugging Face Space as it stands; there, everything comes from environment variables:
+  UNIMOE_DEMO_MODEL          Hub id or folder of the model (default: the checkout's checkpoints/uni-moe-tiny when
+                             this file sits in the uni-moe repository, else the Hub id uni-moe/uni-moe-tiny)
+  UNIMOE_DEMO_REVISION       branch, tag or commit of a Hub model (its remote code runs with trust_remote_code)
+  UNIMOE_DEMO_QUANTIZATION   none (default), 4bit or 8bit
+  GRADIO_SERVER_NAME / GRADIO_SERVER_PORT   address and port (127.0.0.1 and 7860 when unset; a Space sets
+                             0.0.0.0 and 7860). Flags, when given, win over the variables.
+
+History: the chat endpoint `/chat` answers in the context of the earlier turns of its session (the UI's chat, or
+one `gradio_client.Client`) while `use_history` is on (the default); with `use_history=False` it answers the
+message alone. `gradio_client.Client(url).predict({"text": ..., "files": [handle_file(path)]}, temperature,
+max_new_tokens, audio_is, use_history, api_name="/chat")` returns (answer, experts plot, context), the context
+saying which earlier turns the answer saw. When earlier turns do not fit the model's context (the prompt plus the
+new tokens), the oldest exchanges and their files are left out first, and the answer starts with a line saying so
+(marked with ℹ️). Typed text stays text: placeholder strings such as `<image>` and the tokenizer's special tokens
+such as `</s>` get an invisible word joiner (U+2060) after their first character, so the model reads the characters
+(`<`, U+2060, `image>`), never a media slot or an end of turn.
 
 Audio files and microphone recordings go to the speech path (Whisper) or the sound path (BEATs) as the "Audio is"
 control says: "auto" (the default) takes speech when the question is about what is said (say, said, spoken, word,
@@ -15,124 +29,296 @@ number, digit, transcribe, speech, voice, language) and sound otherwise; "speech
 with one audio path use it whatever the control says.
 
 The experts panel shows, for the last answer, the share of each modality's tokens (image, video, speech, sound and
-text placeholders of the prompt, system prompt excluded) that the top-k router sent to each expert, per MoE layer:
-one forward pass over the prompt with `output_router_logits=True`.
+text positions of the prompt, system prompt excluded) that the top-k router sent to each expert, per MoE layer: one
+forward pass over the prompt with `output_router_logits=True` (experts_panel.py, beside this file).
+
+Uploads and experts plots live in one temporary folder (gradio's cache) and are deleted `--keep-files` seconds
+after they were made and all at exit (the folder too, unless GRADIO_TEMP_DIR names one of your own).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 import mimetypes
 import os
 import re
+import shutil
+import signal
+import socket
 import sys
 import tempfile
 import threading
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = os.environ.get("UNIMOE_DEMO_MODEL") or str(REPO / "checkpoints" / "uni-moe-tiny")
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # experts_panel.py sits beside this file (a Space runs it from this folder)
+    sys.path.insert(0, str(HERE))
+
+MODEL_VARIABLE = "UNIMOE_DEMO_MODEL"
+REVISION_VARIABLE = "UNIMOE_DEMO_REVISION"
+QUANTIZATION_VARIABLE = "UNIMOE_DEMO_QUANTIZATION"
+HOST_VARIABLE = "GRADIO_SERVER_NAME"
+PORT_VARIABLE = "GRADIO_SERVER_PORT"
+# where `python demo/publish.py` uploads checkpoints/uni-moe-tiny: the model a Space uses when UNIMOE_DEMO_MODEL is
+# unset
+HUB_MODEL = "uni-moe/uni-moe-tiny"
+CHECKOUT_MODEL = HERE.parent / "checkpoints" / "uni-moe-tiny"  # the embedded model, when this is the repository
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+QUANTIZATIONS = ("none", "4bit", "8bit")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg")
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".m4a", ".aac", ".opus")
 AUDIO_CHOICES = ("auto", "speech", "sound")
-# left in full precision by --load-in-4bit / --load-in-8bit: the media towers and their connectors (they cast inputs
-# to their weights' dtype), the routers and the output head; the language model's attention and experts are quantized
+# left in full precision by 4-bit / 8-bit quantization: the media towers and their connectors (they cast inputs to
+# their weights' dtype), the routers and the output head; the language model's attention and experts are quantized
 QUANTIZATION_SKIP = ["lm_head", "mlp.gate", r"(?:model\.)?(?:vision|speech|sound)_(?:tower|projector|connector)"]
 ERROR_MARK = "⚠️"  # starts the chat message of a request that failed; such turns are left out of later prompts
+NOTE_MARK = "ℹ️"  # starts the paragraph of an answer that says which earlier turns were left out
+WORD_JOINER = "\u2060"
+SKIP = object()  # "unchanged" for an output of the demo's response generator
 _SPEECH_QUESTION = re.compile(
     r"\b(say|says|said|saying|spoken|speak|speaks|speaker|word|words|number|digit|transcribe|transcript|speech|voice|"
     r"language)\b",
     re.IGNORECASE,
 )
+# absolute paths in error texts (server paths such as gradio's upload cache): shown as their last part
+_ABSOLUTE_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^\s'\"/\\:]+)+[/\\]([^\s'\"/\\:]+)")
 
 
 class DemoInputError(ValueError):
     """A chat message the demo cannot turn into model inputs (unknown file type, nothing asked)."""
 
 
-def get_args(argv=None) -> argparse.Namespace:
+# --------------------------------------------------------------------------------------------------------- settings
+
+
+def _fail(message: str):
+    """Stop with one line on stderr (exit status 1)."""
+    raise SystemExit(f"Uni-MoE demo: {message}")
+
+
+def get_args(argv=None, environ=None) -> argparse.Namespace:
+    """The command line, completed from the environment (`environ`, default `os.environ`): flags win, then the
+    variables, then the defaults. Adds `model_origin`, a phrase naming where the model came from, for messages."""
+    environ = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
-        help="a Hub id or a local folder (default: the embedded checkpoints/uni-moe-tiny, or $UNIMOE_DEMO_MODEL)",
+        help=f"a Hub id or a local folder (default: ${MODEL_VARIABLE}, else the checkout's checkpoints/uni-moe-tiny, "
+        f"else {HUB_MODEL})",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for every interface)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--revision", help=f"branch, tag or commit of a Hub model (default: ${REVISION_VARIABLE})")
+    parser.add_argument(
+        "--host", help=f"address to serve on, 0.0.0.0 for every interface (default: ${HOST_VARIABLE}, else 127.0.0.1)"
+    )
+    parser.add_argument("--port", type=int, help=f"port to serve on (default: ${PORT_VARIABLE}, else 7860)")
     quantization = parser.add_mutually_exclusive_group()
-    quantization.add_argument("--load-in-4bit", action="store_true", help="bitsandbytes 4-bit (NF4) language model")
-    quantization.add_argument("--load-in-8bit", action="store_true", help="bitsandbytes 8-bit (LLM.int8) weights")
+    quantization.add_argument(
+        "--quantization", choices=QUANTIZATIONS, help=f"bitsandbytes weights (default: ${QUANTIZATION_VARIABLE}, none)"
+    )
+    quantization.add_argument("--load-in-4bit", action="store_true", help="the same as --quantization 4bit")
+    quantization.add_argument("--load-in-8bit", action="store_true", help="the same as --quantization 8bit")
     parser.add_argument("--max-queue", type=int, default=32, help="requests waiting at most; more are refused")
     parser.add_argument("--concurrency", type=int, default=2, help="requests processed at once (model calls queue)")
     parser.add_argument("--max-file-size", default="50mb", help="largest upload, e.g. 50mb or 1gb")
+    parser.add_argument(
+        "--keep-files",
+        type=int,
+        default=3600,
+        help="seconds an upload or experts plot stays on the server (all are deleted at exit); earlier turns whose "
+        "files are gone are left out of later prompts",
+    )
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     args = parser.parse_args(argv)
     if args.max_queue < 1 or args.concurrency < 1:
         parser.error(f"--max-queue ({args.max_queue}) and --concurrency ({args.concurrency}) must be >= 1.")
+    if args.keep_files < 1:
+        parser.error(f"--keep-files is {args.keep_files}; expected a number of seconds >= 1.")
+
+    if args.model:
+        args.model_origin = "--model"
+    elif environ.get(MODEL_VARIABLE, "").strip():
+        args.model, args.model_origin = environ[MODEL_VARIABLE].strip(), MODEL_VARIABLE
+    elif (CHECKOUT_MODEL / "config.json").is_file():
+        args.model, args.model_origin = str(CHECKOUT_MODEL), "default"
+    else:
+        args.model, args.model_origin = HUB_MODEL, "default"
+    if args.revision is None:
+        args.revision = environ.get(REVISION_VARIABLE, "").strip() or None
+
+    if args.load_in_4bit or args.load_in_8bit:
+        args.quantization = "4bit" if args.load_in_4bit else "8bit"
+    elif args.quantization is None:
+        value = environ.get(QUANTIZATION_VARIABLE, "").strip().lower()
+        if value not in ("", *QUANTIZATIONS):
+            _fail(
+                f"{QUANTIZATION_VARIABLE} is {environ[QUANTIZATION_VARIABLE]!r}; expected one of "
+                f"{', '.join(QUANTIZATIONS)}. Set it to one of these, or unset it for full precision."
+            )
+        args.quantization = value or "none"
+
+    if args.host is None:
+        args.host = environ.get(HOST_VARIABLE, "").strip() or DEFAULT_HOST
+    port_origin = "--port" if args.port is not None else PORT_VARIABLE
+    if args.port is None:
+        value = environ.get(PORT_VARIABLE, "").strip()
+        if not value:
+            args.port = DEFAULT_PORT
+        elif not value.isdigit():
+            _fail(f"{PORT_VARIABLE} is {value!r}; expected a port number such as 7860. Set it to one, or unset it.")
+        else:
+            args.port = int(value)
+    if not 1 <= args.port <= 65535:
+        _fail(f"{port_origin} is {args.port}; expected a port number from 1 to 65535 (e.g. 7860).")
     return args
 
 
-def _resolve_model(model: str) -> str:
-    """A local folder as an absolute path (relative paths are tried against the cwd, then the repo); else a Hub id."""
-    for candidate in (Path(model).expanduser(), REPO / model):
+def _origin_phrase(origin: str) -> str:
+    if origin == "--model":
+        return "from --model"
+    if origin == MODEL_VARIABLE:
+        return f"from the {MODEL_VARIABLE} variable"
+    return f"the default; set {MODEL_VARIABLE} or pass --model to choose another"
+
+
+def resolve_model(model: str, origin: str = "--model") -> str:
+    """A local folder as an absolute path (a relative path is tried against the cwd, then the repository); else a
+    Hub id (`name` or `org/name`)."""
+    for candidate in (Path(model).expanduser(), HERE.parent / model):
         if candidate.is_dir():
             return str(candidate.resolve())
-    if Path(model).is_absolute() or model.startswith((".", "~")) or model.count("/") > 1:
-        raise SystemExit(
-            f"--model {model!r} is not a folder. Pass a local folder holding config.json and the weights, or a Hub id "
-            "such as org/name. (The embedded checkpoint is checkpoints/uni-moe-tiny.)"
+    if Path(model).is_absolute() or model.startswith((".", "~")) or model.count("/") > 1 or "\\" in model:
+        _fail(
+            f"the model {model!r} ({_origin_phrase(origin)}) is not a folder. Set {MODEL_VARIABLE} (or pass --model) "
+            "to a folder holding config.json, the weights and the processor files, or to a Hub id such as org/name."
         )
     return model
 
 
-def load(model: str = DEFAULT_MODEL, load_in_4bit: bool = False, load_in_8bit: bool = False):
+def check_port(host: str, port: int) -> None:
+    """Stop with one line if `host:port` cannot be served (in use, or not an address of this machine)."""
+    address = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as error:
+        _fail(
+            f"cannot serve on {host!r}: {error.strerror}. Set --host (or {HOST_VARIABLE}) to an address of this "
+            "machine: 127.0.0.1 for this machine only, 0.0.0.0 for every interface."
+        )
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closing socket is no block
+        try:
+            sock.bind((address, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                _fail(
+                    f"port {port} on {host} is already in use (another server, or another demo still running). Stop "
+                    f"it, or choose a free port with --port N (or {PORT_VARIABLE}=N)."
+                )
+            _fail(
+                f"cannot serve on {host}:{port}: {error.strerror}. Set --host (or {HOST_VARIABLE}) to an address of "
+                "this machine: 127.0.0.1 for this machine only, 0.0.0.0 for every interface."
+            )
+
+
+class _FirstOfEachMessage(logging.Filter):
+    """Lets each distinct log message through once."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+def quiet_repeated_warnings() -> None:
+    """bitsandbytes' 8-bit matmul logs "MatMul8bitLt: inputs will be cast ..." on every call (each layer, each
+    token): the demo prints each such message once."""
+    target = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _FirstOfEachMessage) for f in target.filters):
+        target.addFilter(_FirstOfEachMessage())
+
+
+def load(model: str, revision: str | None = None, quantization: str = "none", origin: str = "--model"):
     """Model (eval mode) and processor of a Hub id or folder, through the Auto classes with remote code."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoProcessor, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, AutoProcessor
 
-    if load_in_4bit and load_in_8bit:
-        raise ValueError("load_in_4bit and load_in_8bit were both set; choose one (or neither for full precision).")
-    source = _resolve_model(model)
-    kwargs = {"trust_remote_code": True}
-    if load_in_4bit or load_in_8bit:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=load_in_4bit,
-            load_in_8bit=load_in_8bit,
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization is {quantization!r}; expected one of {', '.join(QUANTIZATIONS)}.")
+    source = resolve_model(model, origin)
+    is_folder = Path(source).is_dir()
+    if revision and is_folder:
+        _fail(
+            f"a revision ({revision!r}, from --revision or {REVISION_VARIABLE}) pins a Hub model, but the model "
+            f"{source!r} is a local folder. Drop the revision, or name the model by its Hub id."
+        )
+    if not is_folder and not revision:
+        print(
+            f"Note: {source} runs its remote code at the repository's latest revision; pin a commit with --revision "
+            f"(or {REVISION_VARIABLE}).",
+            file=sys.stderr,
+            flush=True,
+        )
+    kwargs = {"trust_remote_code": True, "revision": revision}
+    model_kwargs = dict(kwargs)
+    if quantization != "none":
+        from transformers import BitsAndBytesConfig
+
+        model_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=quantization == "4bit",
+            load_in_8bit=quantization == "8bit",
             bnb_4bit_compute_dtype=torch.float32,
             llm_int8_skip_modules=QUANTIZATION_SKIP,
         )
-        kwargs["device_map"] = "cuda:0" if torch.cuda.is_available() else "cpu"
+        model_kwargs["device_map"] = "cuda:0" if torch.cuda.is_available() else "cpu"
+        quiet_repeated_warnings()
     try:
-        network = AutoModelForCausalLM.from_pretrained(source, **kwargs).eval()
-        processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
-    except OSError as error:
-        raise SystemExit(
-            f"Could not load the model {source!r}: {error}\nPass --model with a local folder (config.json, weights, "
-            "processor files) or a Hub id you can reach."
-        ) from None
-    if "quantization_config" not in kwargs and torch.cuda.is_available():
+        network = AutoModelForCausalLM.from_pretrained(source, **model_kwargs).eval()
+        processor = AutoProcessor.from_pretrained(source, **kwargs)
+    except ImportError as error:
+        _fail(
+            f"{quantization} quantization needs a package that is missing ({str(error).splitlines()[0]}). Install "
+            f"demo/requirements.txt, or set {QUANTIZATION_VARIABLE}=none."
+        )
+    except (OSError, ValueError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        hint = (
+            " Publish the tiny model there with `python demo/publish.py` (demo/README.md)."
+            if source == HUB_MODEL
+            else ""
+        )
+        _fail(
+            f"could not load the model {source!r} ({_origin_phrase(origin)}): {reason} Set {MODEL_VARIABLE} (or pass "
+            "--model) to a local folder holding config.json, the weights and the processor files, or to a Hub id "
+            f"this machine can reach.{hint}"
+        )
+    if "quantization_config" not in model_kwargs and torch.cuda.is_available():
         network = network.to("cuda")
-    if load_in_4bit:
-        _avoid_packed_cpu_4bit(network)
     return network, processor
 
 
-def _avoid_packed_cpu_4bit(model) -> None:
-    """bitsandbytes' fast CPU path for 4-bit layers (AVX512-BF16) repacks weights in blocks of 32 output rows and
-    whole quantization blocks per input row, and fails on other widths (the tiny model's 176-wide FFNs); such layers
-    keep their 4-bit weights on the generic path."""
-    for module in model.modules():
-        if not getattr(module, "support_avx512bf16_for_cpu", False):
-            continue
-        blocksize = getattr(getattr(module.weight, "quant_state", None), "blocksize", 64)
-        if module.out_features % 32 or module.in_features % blocksize:
-            module.support_avx512bf16_for_cpu = False
-
-
 # ------------------------------------------------------------------------------------------------------ chat helpers
+
+
+@dataclass
+class Exchange:
+    """One earlier question (its texts and files) and its answer."""
+
+    texts: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    answer: str = ""
 
 
 def _file_path(item) -> str | None:
@@ -176,22 +362,36 @@ def _audio_block_type(processor, audio_is: str, question: str) -> str:
     return "audio" if audio_is == "speech" else "sound"
 
 
-def _user_content(texts, files, processor, audio_is: str) -> list[dict]:
-    question = " ".join(t for t in texts if t).strip()
-    content = []
-    for path in files:
-        kind = _media_kind(path)
-        if kind == "audio":
-            kind = _audio_block_type(processor, audio_is, question)
-        content.append({"type": kind, "path": path})
-    if question:
-        content.append({"type": "text", "text": question})
-    return content
+def control_strings(processor) -> list[str]:
+    """The strings that typed text must not produce as tokens: the processor's placeholders and every added token of
+    the tokenizer (special tokens such as `</s>`), longest first."""
+    strings = set(getattr(processor.tokenizer, "get_added_vocab", dict)())
+    for name in ("image_token", "video_token", "audio_token", "sound_token"):
+        if getattr(processor, name, None):
+            strings.add(getattr(processor, name))
+    return sorted((s for s in strings if len(s) > 1 and not s.isspace()), key=len, reverse=True)
 
 
-def to_chat_messages(message, history, processor, audio_is: str = "auto") -> list[dict]:
-    """Gradio's multimodal message and messages-format history -> chat messages with content blocks for the
-    processor's chat template (consecutive user entries, e.g. a file then its question, become one user turn)."""
+def escape_text(text: str, controls) -> str:
+    """`text` with a word joiner (U+2060, invisible) after the first character of each control string in it, so
+    that the tokenizer reads them as characters: a typed `<image>` is text, not a media placeholder."""
+    if not controls or not text:
+        return text
+    pattern = re.compile("|".join(re.escape(s) for s in controls))
+    return pattern.sub(lambda match: match.group()[0] + WORD_JOINER + match.group()[1:], text)
+
+
+def _strip_note(answer: str) -> str:
+    """An answer without the leading note paragraph (`NOTE_MARK ...`) the demo adds when turns were left out."""
+    while answer.startswith(NOTE_MARK):
+        answer = answer.split("\n\n", 1)[1] if "\n\n" in answer else ""
+    return answer.strip()
+
+
+def parse_history(history) -> list[Exchange]:
+    """Gradio's messages-format history -> the answered exchanges, oldest first. Consecutive entries of one role
+    are merged (a file then its question is one question); failed exchanges (the answer starts with ERROR_MARK) and
+    questions without an answer (a stopped request) are left out; notes are stripped from answers."""
     turns: list[tuple[str, list, list]] = []  # (role, texts, files)
     for entry in history or []:
         role = entry.get("role") if isinstance(entry, dict) else getattr(entry, "role", None)
@@ -211,32 +411,119 @@ def to_chat_messages(message, history, processor, audio_is: str = "auto") -> lis
             turns[-1][2].extend(files)
         else:
             turns.append((role, texts, files))
-    kept = []  # drop each failed exchange (the user turn and the error answer) so a bad file does not stick
-    for turn in turns:
-        if turn[0] == "assistant" and " ".join(turn[1]).strip().startswith(ERROR_MARK):
-            if kept and kept[-1][0] == "user":
-                kept.pop()
+    exchanges = []
+    for question, answer in zip(turns, turns[1:], strict=False):
+        if question[0] != "user" or answer[0] != "assistant":
             continue
-        kept.append(turn)
-    turns = kept
+        text = " ".join(t for t in answer[1] if t).strip()
+        if text.startswith(ERROR_MARK):
+            continue
+        exchanges.append(Exchange(list(question[1]), list(question[2]), _strip_note(text)))
+    return exchanges
+
+
+def message_parts(message) -> tuple[str, list[str]]:
+    """The text and file paths of gradio's multimodal message (or a plain string)."""
     if isinstance(message, str):
         message = {"text": message, "files": []}
+    if message is not None and not isinstance(message, dict):
+        raise DemoInputError(
+            f"The message is a {type(message).__name__}; expected {{'text': ..., 'files': [...]}} or a string."
+        )
     text = str((message or {}).get("text") or "").strip()
     files = [_file_path(item) for item in (message or {}).get("files") or []]
+    if any(not isinstance(path, str) or not path for path in files):
+        raise DemoInputError("A file of the message has no path: upload it again (gradio_client: handle_file(path)).")
     if not text and not files:
         raise DemoInputError("The message is empty: type a question, attach a file, or both.")
-    if turns and turns[-1][0] == "user":  # a dangling user turn (no answer): merge it with this one
-        _, old_texts, old_files = turns.pop()
-        text, files = " ".join([*old_texts, text]).strip(), [*old_files, *files]
-    turns.append(("user", [text], files))
+    return text, files
+
+
+def user_message(texts, files, processor, audio_is: str, controls) -> dict:
+    """A user chat message with content blocks for the processor's chat template (files first, then the text)."""
+    question = " ".join(t for t in texts if t).strip()
+    content = []
+    for path in files:
+        kind = _media_kind(path)
+        if kind == "audio":
+            kind = _audio_block_type(processor, audio_is, question)
+        content.append({"type": kind, "path": path})
+    if question:
+        content.append({"type": "text", "text": escape_text(question, controls)})
+    return {"role": "user", "content": content}
+
+
+def assistant_message(answer: str, controls) -> dict:
+    return {"role": "assistant", "content": [{"type": "text", "text": escape_text(answer, controls)}]}
+
+
+def to_chat_messages(message, history, processor, audio_is: str = "auto", use_history: bool = True) -> list[dict]:
+    """Gradio's multimodal message and messages-format history -> chat messages for the processor's chat template
+    (the whole history when `use_history`; `fit_to_context` leaves out what does not fit)."""
+    controls = control_strings(processor)
+    text, files = message_parts(message)
     messages = []
-    for role, texts, paths in turns:
-        if role == "user":
-            messages.append({"role": "user", "content": _user_content(texts, paths, processor, audio_is)})
-        else:
-            answer = " ".join(t for t in texts if t).strip()
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    for exchange in parse_history(history) if use_history else []:
+        messages.append(user_message(exchange.texts, exchange.files, processor, audio_is, controls))
+        messages.append(assistant_message(exchange.answer, controls))
+    messages.append(user_message([text], files, processor, audio_is, controls))
     return messages
+
+
+@dataclass
+class Fitted:
+    """What `fit_to_context` chose: the encoded prompt, how many of the earlier exchanges it left out, and the new
+    tokens the answer may take."""
+
+    inputs: object
+    dropped: int
+    max_new_tokens: int
+
+
+class ContextOverflowError(DemoInputError):
+    """The new message alone does not fit the model's context."""
+
+
+def fit_to_context(
+    encode, exchanges: list[list[dict]], current: dict, context: int, max_new_tokens: int, too_long=()
+) -> Fitted:
+    """The prompt of the most recent exchanges (each a [user, assistant] message pair, oldest first) and `current`
+    that leaves room for `max_new_tokens` in the `context`: the oldest exchanges are left out first (a binary search
+    over how many, each probe one `encode(messages)`). With no exchange left, the answer's room shrinks to what the
+    context leaves; a message that alone fills the context raises `ContextOverflowError`. `too_long`: the exception
+    classes `encode` raises for a prompt longer than the context."""
+    probes = {}
+
+    def probe(dropped: int):
+        if dropped not in probes:
+            messages = [m for pair in exchanges[dropped:] for m in pair] + [current]
+            try:
+                inputs = encode(messages)
+                probes[dropped] = (inputs, int(inputs["input_ids"].shape[-1]))
+            except too_long:
+                probes[dropped] = (None, None)
+        inputs, length = probes[dropped]
+        return inputs if length is not None and length + max_new_tokens <= context else None
+
+    if probe(0) is not None:
+        return Fitted(probes[0][0], 0, max_new_tokens)
+    n = len(exchanges)
+    if probe(n) is None:
+        inputs, length = probes[n]
+        if length is None or length >= context:
+            raise ContextOverflowError(
+                f"This message is too long for the model: with its files it takes more than the model's context of "
+                f"{context} tokens. Send fewer or shorter files, or a shorter question."
+            )
+        return Fitted(inputs, n, context - length)
+    low, high = 1, n  # probe(n) fits, probe(0) does not: the fewest left out that fits is in [1, n]
+    while low < high:
+        middle = (low + high) // 2
+        if probe(middle) is not None:
+            high = middle
+        else:
+            low = middle + 1
+    return Fitted(probes[low][0], low, max_new_tokens)
 
 
 def processing_errors(processor) -> tuple[type[BaseException], ...]:
@@ -247,133 +534,186 @@ def processing_errors(processor) -> tuple[type[BaseException], ...]:
     return (DemoInputError,) + ((base,) if isinstance(base, type) else ())
 
 
-# ----------------------------------------------------------------------------------------------------------- routing
+def _processor_error_class(processor, name: str):
+    found = getattr(sys.modules.get(type(processor).__module__), name, None)
+    return found if isinstance(found, type) else None
 
 
-def _routing_tools():
-    """`plot_routing` and `MODALITIES` of training/evaluate.py: the installed package's, else a training/ folder beside
-    this file (a Space) or in the checkout; None if there is none."""
-    try:
-        from modeling_unimoe.training.evaluate import MODALITIES, plot_routing
-    except ImportError:
-        for root in (Path(__file__).resolve().parent, REPO):  # a Space's training/ folder, or the checkout's
-            if (root / "training" / "evaluate.py").is_file() and str(root) not in sys.path:
-                sys.path.append(str(root))
-                break
-        try:
-            from training.evaluate import MODALITIES, plot_routing
-        except ImportError:
-            return None
-    return MODALITIES, plot_routing
+def _is_processor_error(error: BaseException, processor, name: str) -> bool:
+    """Whether `error` is the processor module's error class `name` (False where that module has no such class)."""
+    cls = _processor_error_class(processor, name)
+    return cls is not None and isinstance(error, cls)
 
 
-def system_prefix_length(processor) -> int:
-    """Tokens of the prompt prefix every chat shares (the system prompt), found as the common prefix of two chats."""
-    ids = []
-    for text in ("a", "b"):
-        chat = [{"role": "user", "content": [{"type": "text", "text": text}]}]
-        ids.append(
-            processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)[
-                "input_ids"
-            ]
+def plain_text(text: str) -> str:
+    """An error text for a demo user: paths shown by their last part (no server paths), and without the sentences
+    that advise code (processor arguments in backticks, `name=value`)."""
+    text = _ABSOLUTE_PATH.sub(lambda match: match.group(1), text)
+    text = re.sub(r"\s*\(`[^`]*`\)", "", text)  # "(`max_image_pixels`)": the argument behind a limit
+    sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z(])", text.strip())
+    kept = [s for s in sentences if "`" not in s and not re.search(r"\b\w+=\S", s)]
+    return " ".join(kept or sentences[:1]).strip()
+
+
+def _article(kind: str) -> str:
+    return "an" if kind[0] in "aeiou" else "a"
+
+
+def explain_file_error(error: BaseException, name: str, kind: str, processor, context: int) -> str:
+    """What went wrong with one uploaded file (`kind`: its content block type), in a demo user's terms."""
+    kind = {"audio": "audio clip", "sound": "sound"}.get(kind, kind)
+    if _is_processor_error(error, processor, "EmptyAudioError"):
+        return f"Could not use {name!r}: the {kind} holds no sound. Record or upload it again."
+    if _is_processor_error(error, processor, "TooManyChunksError"):
+        extractor = processor.feature_extractor
+        seconds = processor.max_sound_chunks * extractor.n_samples / extractor.sampling_rate
+        return (
+            f"Could not use {name!r}: the {kind} is longer than the {seconds:g} s of sound this model listens to. "
+            "Upload a shorter clip."
         )
-    first, second = (row[0] if row and isinstance(row[0], list) else row for row in ids)
-    n = 0
-    while n < min(len(first), len(second)) and first[n] == second[n]:
-        n += 1
-    return n
-
-
-def routing_report(model, processor, inputs, prefix_length: int = 0) -> dict:
-    """Per MoE layer, the share of each modality's top-k assignments that go to each expert, for one prompt.
-
-    Tokens are labelled by their id: the image / video / audio / sound placeholders (one position per media token)
-    and text for the rest; the first `prefix_length` tokens (the system prompt) are left out. The dict has the layout
-    of training/evaluate.py's `routing_report`, so its `plot_routing` draws it."""
-    import torch
-
-    text_config = model.config.get_text_config()
-    layers = list(text_config.moe_layer_indices)
-    if not layers:
-        raise ValueError("This model has no MoE layers: there is no routing to show.")
-    num_experts, top_k = text_config.num_experts, text_config.num_experts_per_tok
-    ids = inputs["input_ids"][0]
-    labels = ["text"] * ids.numel()
-    token_kinds = {
-        processor.image_token_id: "image",
-        processor.video_token_id: "video",
-        processor.audio_token_id: processor.audio_path,
-        processor.sound_token_id: "sound",
-    }
-    for position, token in enumerate(ids.tolist()):
-        labels[position] = token_kinds.get(token) or "text"
-    labels = labels[prefix_length:]
-    with torch.no_grad():
-        out = model(**inputs, output_router_logits=True, use_cache=False)
-    counts: dict[str, torch.Tensor] = {}
-    for slot, logits in enumerate(out.router_logits):
-        selected = logits.float().reshape(-1, num_experts).topk(top_k, dim=-1).indices[prefix_length:].cpu()
-        for modality in dict.fromkeys(labels):
-            rows = selected[[i for i, label in enumerate(labels) if label == modality]]
-            table = counts.setdefault(modality, torch.zeros(len(layers), num_experts))
-            table[slot] += torch.bincount(rows.reshape(-1), minlength=num_experts).float()
-    shares = {m: (c / c.sum(-1, keepdim=True).clamp_min(1)).tolist() for m, c in counts.items()}
-    return {
-        "moe_layers": layers,
-        "num_experts": num_experts,
-        "top_k": top_k,
-        "tokens": {m: labels.count(m) for m in counts},
-        "share": {m: {str(layer): row for layer, row in zip(layers, shares[m], strict=True)} for m in shares},
-    }
+    if _is_processor_error(error, processor, "PlaceholderCountError"):
+        return f"Could not use {name!r}: this model cannot take {kind}s. Ask without it, or use another model."
+    if _is_processor_error(error, processor, "PromptTooLongError") or isinstance(error, ContextOverflowError):
+        return (
+            f"Could not use {name!r}: the {kind} alone is too long for the model's context of {context} tokens. "
+            "Upload a shorter one."
+        )
+    if _is_processor_error(error, processor, "MediaTooLargeError"):
+        limit = re.search(r"at most ([\d,.]+ (?:pixels|frames|s))\b", str(error))
+        return (
+            f"Could not use {name!r}: the {kind} is too large for this model"
+            + (f" (it takes at most {limit.group(1)})" if limit else "")
+            + ". Upload a smaller or shorter one."
+        )
+    if _is_processor_error(error, processor, "MediaDecodeError"):
+        article = "an" if kind[0] in "aeiou" else "a"
+        return (
+            f"Could not read {name!r} as {article} {kind}: the file is damaged or in a format this server cannot "
+            "decode. Upload another file, or convert it (e.g. to PNG, MP4 or WAV)."
+        )
+    return f"Could not use {name!r}: {plain_text(str(error))}"
 
 
 # -------------------------------------------------------------------------------------------------------------- demo
 
 
-def build_demo(model, processor, title: str = "Uni-MoE", plot_dir: str | None = None):
-    """The Gradio Blocks: a multimodal chat (endpoint /chat) with sampling controls and the experts panel."""
+API_DESCRIPTION = (
+    "Answers a message ({'text': ..., 'files': [handle_file(path), ...]}). use_history=True (the default) answers in "
+    "the context of this session's earlier turns (one gradio_client.Client is one session), the oldest left out "
+    "first when the model's context is full; use_history=False answers the message alone. Returns the answer, the "
+    "experts plot and a line saying which earlier turns the answer saw."
+)
+
+
+def build_demo(model, processor, title: str = "Uni-MoE", keep_files: int = 3600):
+    """The Gradio Blocks: a multimodal chat (endpoint /chat) with sampling controls, the history switch, the
+    context line and the experts panel. Files the app makes or receives are deleted `keep_files` seconds later (and
+    all when the server stops)."""
     import gradio as gr
+    from experts_panel import plot_routing, routing_report, system_prefix_length
     from transformers import TextIteratorStreamer
 
     lock = threading.Lock()  # one model call at a time: generation threads and routing passes share the weights
     errors = processing_errors(processor)
+    too_long = tuple(c for c in (_processor_error_class(processor, "PromptTooLongError"),) if c is not None)
+    controls = control_strings(processor)
     prefix_length = system_prefix_length(processor)
-    tools = _routing_tools()
-    plot_dir = Path(plot_dir or tempfile.mkdtemp(prefix="unimoe-demo-"))
-    plot_dir.mkdir(parents=True, exist_ok=True)
+    context = int(model.config.get_text_config().max_position_embeddings)
     both_audio_paths = processor.audio_path == "speech" and processor.sound_token_id is not None
+    has_moe = bool(model.config.get_text_config().moe_layer_indices)
 
-    def experts_plot(inputs):
-        if tools is None:
+    def encode(messages):
+        return processor.apply_chat_template(
+            messages,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            processor_kwargs={"short_video": "repeat"},
+        )
+
+    def experts_plot(inputs) -> str | None:
+        """The experts PNG of a prompt, as a file in gradio's cache that the experts component owns (so gradio's
+        `delete_cache` deletes it); the file drawn first is deleted at once."""
+        if not has_moe:
             return None
-        modalities, plot_routing = tools
         with lock:
             report = routing_report(model, processor, inputs, prefix_length)
-        report["share"] = {m: report["share"][m] for m in modalities if m in report["share"]}
-        handle, path = tempfile.mkstemp(suffix=".png", prefix="experts-", dir=plot_dir)
+        handle, drawn = tempfile.mkstemp(suffix=".png", prefix="experts-")
         os.close(handle)
-        return str(plot_routing(report, path))
-
-    def chat(message, history, temperature, max_new_tokens, audio_is):
         try:
-            messages = to_chat_messages(message, history, processor, audio_is)
-            inputs = processor.apply_chat_template(
-                messages,
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=True,
-                return_tensors="pt",
-                processor_kwargs={"short_video": "repeat"},
-            ).to(model.device)
+            plot_routing(report).save(drawn, format="png")
+            return experts.move_resource_to_block_cache(drawn)
+        finally:
+            os.remove(drawn)
+
+    def explain(error, current) -> str:
+        """A user-terms message for a refused message: the uploaded file at fault (the only one, or the first of
+        several that fails alone: only then are files encoded again), else the error without paths or code advice."""
+        if isinstance(error, ContextOverflowError) or (too_long and isinstance(error, too_long)):
+            return (
+                "This message is too long for the model: with its files it takes more than the model's context of "
+                f"{context} tokens. Send fewer or shorter files, or a shorter question."
+            )
+        if isinstance(error, DemoInputError):
+            return str(error)
+        media = [block for block in current["content"] if block["type"] != "text"]
+        if len(media) == 1:
+            return explain_file_error(error, Path(media[0]["path"]).name, media[0]["type"], processor, context)
+        for block in media:
+            try:
+                encode([{"role": "user", "content": [block, {"type": "text", "text": "?"}]}])
+            except errors as file_error:
+                return explain_file_error(file_error, Path(block["path"]).name, block["type"], processor, context)
+        return plain_text(str(error))
+
+    def respond(message, history, temperature, max_new_tokens, audio_is, use_history):
+        """Yields (answer so far, experts plot or SKIP, context line or SKIP); the last item has all three."""
+        max_new_tokens = int(max_new_tokens)
+        current = None
+        try:
+            text, files = message_parts(message)
+            current = user_message([text], files, processor, audio_is, controls)
+            exchanges = parse_history(history) if use_history else []
+            kept = [e for e in exchanges if all(os.path.isfile(path) for path in e.files)]
+            expired = len(exchanges) - len(kept)
+            pairs = [
+                [user_message(e.texts, e.files, processor, audio_is, controls), assistant_message(e.answer, controls)]
+                for e in kept
+            ]
+            fitted = fit_to_context(encode, pairs, current, context, max_new_tokens, too_long)
         except errors as error:
-            yield f"{ERROR_MARK} {error}", gr.skip()
+            print(f"Uni-MoE demo: request refused: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            answer = explain(error, current) if current is not None else str(error)
+            yield f"{ERROR_MARK} {answer}", None, "This message was not answered."
             return
+        inputs = fitted.inputs.to(model.device)
+        notes = []
+        if fitted.dropped:
+            files_dropped = sum(len(e.files) for e in kept[: fitted.dropped])
+            notes.append(
+                f"{NOTE_MARK} The {_count(fitted.dropped, 'oldest exchange')}"
+                + (f" (with {_count(files_dropped, 'file')})" if files_dropped else "")
+                + f" {'was' if fitted.dropped == 1 else 'were'} left out to fit the model's context of {context} "
+                "tokens."
+            )
+        if expired:
+            notes.append(
+                f"{NOTE_MARK} {_count(expired, 'earlier exchange')} {'was' if expired == 1 else 'were'} left out: "
+                "its files are no longer on the server."
+            )
+        prefix = "".join(note + "\n\n" for note in notes)
+        summary = context_summary(use_history, len(exchanges), fitted.dropped, expired)
+        summary += f" Prompt: {inputs['input_ids'].shape[-1]} of {context} tokens."
+        if fitted.max_new_tokens < max_new_tokens:
+            summary += f" The answer was limited to {fitted.max_new_tokens} new tokens by the context."
+
         streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
         sampling = float(temperature) > 0
         generate_kwargs = dict(
             inputs,
             streamer=streamer,
-            max_new_tokens=int(max_new_tokens),
+            max_new_tokens=fitted.max_new_tokens,
             do_sample=sampling,
             **({"temperature": float(temperature), "top_p": 1.0, "top_k": 0} if sampling else {}),
         )
@@ -394,11 +734,34 @@ def build_demo(model, processor, title: str = "Uni-MoE", plot_dir: str | None = 
         for piece in streamer:
             answer += piece
             if answer.strip():
-                yield answer.strip(), gr.skip()
+                yield prefix + answer.strip(), SKIP, SKIP
         worker.join()
         if failure:
-            raise gr.Error(f"Generation failed: {type(failure[0]).__name__}: {failure[0]}")
-        yield answer.strip() or "(the model gave an empty answer)", experts_plot(inputs)
+            raise gr.Error(
+                f"The model failed while answering ({type(failure[0]).__name__}); the server log has the details. "
+                "Try again, or ask something else."
+            )
+        yield prefix + (answer.strip() or "(the model gave an empty answer)"), experts_plot(inputs), summary
+
+    def chat(message, history, temperature, max_new_tokens, audio_is, use_history=True):
+        """The chat UI's function (gr.ChatInterface keeps the history)."""
+        for answer, plot, line in respond(message, history, temperature, max_new_tokens, audio_is, use_history):
+            yield answer, gr.skip() if plot is SKIP else plot, gr.skip() if line is SKIP else line
+
+    def api_chat(message, temperature, max_new_tokens, audio_is, use_history, history):
+        """The /chat API: as the chat UI, with this session's history in a gr.State."""
+        history = list(history or [])
+        answer, plot, line = "", None, ""
+        for answer, new_plot, new_line in respond(
+            message, history, temperature, max_new_tokens, audio_is, use_history
+        ):
+            plot = plot if new_plot is SKIP else new_plot
+            line = line if new_line is SKIP else new_line
+            yield answer, gr.skip(), gr.skip(), gr.skip()
+        text, files = (message or {}).get("text") or "", (message or {}).get("files") or []
+        history.append({"role": "user", "content": [*({"path": _file_path(f)} for f in files), text]})
+        history.append({"role": "assistant", "content": answer})
+        yield answer, history, plot, line
 
     textbox = gr.MultimodalTextbox(
         file_types=["image", "video", "audio"],
@@ -406,10 +769,16 @@ def build_demo(model, processor, title: str = "Uni-MoE", plot_dir: str | None = 
         sources=["upload", "microphone"],
         placeholder="Ask about an image, a video, speech or a sound (attach or record it)...",
     )
-    with gr.Blocks(title=title, analytics_enabled=False, fill_height=True) as demo:
+    keep = max(1, int(keep_files))
+    with gr.Blocks(
+        title=title, analytics_enabled=False, fill_height=True, delete_cache=(min(keep, 300), keep)
+    ) as demo:
         gr.Markdown(
             f"# {title}\nA mixture-of-experts LLM that reads images, videos, speech and sounds. Attach media (or "
-            "record with the microphone) and ask a question; the experts panel shows where the prompt's tokens went."
+            "record with the microphone) and ask a question; the experts panel shows where the prompt's tokens went. "
+            "With **Use the conversation so far** on, each answer sees this chat's earlier questions, answers and "
+            f"files (the oldest left out first when the model's context of {context} tokens is full); off, each "
+            "message is answered alone."
         )
         experts = gr.Image(
             label="Experts: share of each modality's tokens routed to each expert (last answer)",
@@ -417,7 +786,14 @@ def build_demo(model, processor, title: str = "Uni-MoE", plot_dir: str | None = 
             interactive=False,
             render=False,
         )
-        controls = [
+        context_line = gr.Textbox(label="Context of the last answer", interactive=False, lines=2, render=False)
+        use_history = gr.Checkbox(
+            value=True,
+            label="Use the conversation so far",
+            info="On: answers see the earlier turns of this chat. Off: each message is answered alone.",
+            render=False,
+        )
+        settings = [
             gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)", render=False),
             gr.Slider(1, 256, value=32, step=1, label="Max new tokens", render=False),
             gr.Radio(
@@ -431,47 +807,104 @@ def build_demo(model, processor, title: str = "Uni-MoE", plot_dir: str | None = 
         ]
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
+                use_history.render()
                 gr.ChatInterface(
                     chat,
                     multimodal=True,
                     textbox=textbox,
-                    additional_inputs=controls,
+                    additional_inputs=[*settings, use_history],
                     additional_inputs_accordion=gr.Accordion("Generation settings", open=False, render=False),
-                    additional_outputs=[experts],
-                    api_name="chat",
+                    additional_outputs=[experts, context_line],
+                    api_name="chat_ui",
+                    api_visibility="private",  # the API is /chat below
                     fill_height=True,
                 )
             with gr.Column(scale=2):
+                context_line.render()
                 experts.render()
-                if tools is None:
-                    gr.Markdown(
-                        "The experts plot needs training/evaluate.py: install the uni-moe package or copy the "
-                        "repository's training/ folder beside app.py."
-                    )
+                if not has_moe:
+                    gr.Markdown("This model has no MoE layers: there is no routing to show.")
+        # /chat: its own endpoint (the ChatInterface's passes file outputs on as server paths), with the session's
+        # history in a State
+        api_history = gr.State([])
+        api_answer = gr.Textbox(visible=False, label="answer")
+        gr.Button(visible=False).click(
+            api_chat,
+            [textbox, *settings, use_history, api_history],
+            [api_answer, api_history, experts, context_line],
+            api_name="chat",
+            api_description=API_DESCRIPTION,
+        )
     return demo
+
+
+def context_summary(use_history: bool, earlier: int, dropped: int, expired: int) -> str:
+    """The first sentence of the context line: whether history was used, and how much of it."""
+    if not use_history:
+        return "History off: this answer saw only this message."
+    if not earlier:
+        return "History on: no earlier exchange yet; this answer saw only this message."
+    summary = f"History on: this answer saw {_count(earlier - dropped - expired, 'earlier exchange')} of {earlier}"
+    left_out = [f"{dropped} to fit the context"] * bool(dropped) + [f"{expired} whose files expired"] * bool(expired)
+    return summary + (f" ({', '.join(left_out)} left out)." if left_out else ".")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+# -------------------------------------------------------------------------------------------------------------- main
+
+
+def _temporary_cache() -> Path | None:
+    """A fresh folder for gradio's cache (uploads, experts plots), removed at exit; None where GRADIO_TEMP_DIR
+    already names one (then only the files the app made are deleted)."""
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="unimoe-demo-"))
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    return folder
+
+
+def _interrupt(signum, frame):
+    """SIGTERM (a Space restarting, `kill`) ends the demo as Ctrl-C does: files deleted, cache folder removed."""
+    raise KeyboardInterrupt
 
 
 def main(argv=None):
     args = get_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    model, processor = load(args.model, load_in_4bit=args.load_in_4bit, load_in_8bit=args.load_in_8bit)
-    name = Path(args.model).name if Path(args.model).is_dir() else args.model
-    demo = build_demo(model, processor, title=f"Uni-MoE ({name})")
-    demo.queue(max_size=args.max_queue, default_concurrency_limit=args.concurrency)
-    _, local_url, share_url = demo.launch(
-        server_name=args.host,
-        server_port=args.port,
-        max_file_size=args.max_file_size,
-        share=args.share,
-        prevent_thread_lock=True,
-        ssr_mode=False,
-        quiet=True,
-    )
-    print(f"Uni-MoE demo running on {local_url}" + (f" (public: {share_url})" if share_url else ""), flush=True)
+    check_port(args.host, args.port)  # before the model loads: a busy port is one line, at once
+    signal.signal(signal.SIGTERM, _interrupt)
+    cache, demo = None, None
     try:
-        demo.block_thread()
+        model, processor = load(args.model, args.revision, args.quantization, args.model_origin)
+        name = Path(args.model).name if Path(args.model).is_dir() else args.model
+        cache = _temporary_cache()
+        demo = build_demo(model, processor, title=f"Uni-MoE ({name})", keep_files=args.keep_files)
+        demo.queue(max_size=args.max_queue, default_concurrency_limit=args.concurrency)
+        try:
+            _, local_url, share_url = demo.launch(
+                server_name=args.host,
+                server_port=args.port,
+                max_file_size=args.max_file_size,
+                share=args.share,
+                prevent_thread_lock=True,
+                ssr_mode=False,
+                quiet=True,
+            )
+        except OSError as error:  # the port was taken between the check and the launch
+            _fail(f"cannot serve on {args.host}:{args.port}: {error}")
+        print(f"Uni-MoE demo running on {local_url}" + (f" (public: {share_url})" if share_url else ""), flush=True)
+        while demo.is_running:
+            threading.Event().wait(0.2)
     except KeyboardInterrupt:
-        demo.close()
+        print("Uni-MoE demo: stopping.", flush=True)
+    finally:
+        if demo is not None:
+            demo.close(verbose=False)  # the server's shutdown deletes the files this app made (delete_cache)
+        if cache is not None:
+            shutil.rmtree(cache, ignore_errors=True)
 
 
 if __name__ == "__main__":

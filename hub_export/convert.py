@@ -33,9 +33,9 @@ import torch
 from tqdm.auto import tqdm
 
 from . import mapping
-from ._io import atomic_output_dir
 from ._tensors import ConversionError, ShardedSafetensorsWriter, TensorFile, parse_size
 from .mapping import EXPERT_FILES_8E, VARIANTS, Variant
+from .output import OutputFolderError, atomic_output_dir, check_output_dir
 from .processor_files import find_tokenizer_dir, save_processor_files
 
 
@@ -746,6 +746,17 @@ before the merge{% endif %}) and checks that every source tensor is used or deli
 - Generation defaults follow the original inference script: sampling at temperature 0.2, up to
   {{ max_new_tokens }} new tokens.
 
+## Differences from the original
+
+- Model: none; the converter's `--verify` compares logits with the original load order (fp32, about 3e-6).
+- Preprocessing: the processor reproduces the original's (per-piece prompt tokenization around placeholders,
+  480,001-sample speech pieces, sound chunks padded with their last sample, python-soxr resampling at high quality),
+  except that a sound longer than 20 chunks is refused unless `truncate_sound=True` (the original keeps the first 20
+  chunks without a word) and video frames are decoded directly (the original round-trips them through JPEG).{% if deepspeed %}
+- Routing: deterministic top-2. The original's DeepSpeed gate samples the second expert with Gumbel noise
+  (`top2_2nd_expert_sampling`, also at inference), so its answers vary between runs; with that sampling off its
+  routing equals this model's.{% endif %}
+
 ## License
 
 {{ license_note }}
@@ -867,10 +878,7 @@ def convert(
     spec = resolve_variant(variant)
     max_shard_bytes = parse_size(max_shard_size)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ConversionError(
-            f"The output folder {out} already exists. Pass --overwrite to replace it, or pick another."
-        )
+    check_output_dir(out, overwrite)  # OutputFolderError before any work
     src = gather_sources(spec, base, finetuned, clip, whisper, beats, experts)
     try:
         stage_keys = {label: mapping.normalize_file_keys(src.files[label].keys()) for _, label in src.stages}
@@ -891,7 +899,7 @@ def convert(
         )
         for reason, keys in acc.dropped.items():
             log(f"  - dropped {len(keys)} ({reason}), e.g. {keys[0]}")
-        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        with atomic_output_dir(out, overwrite=overwrite, tool="hub_export.convert") as tmp:
             writer = write_weights(tmp, targets, src, out_dtype, max_shard_bytes, progress)
             write_config_and_code(tmp, config, out_dtype, spec)
             save_processor_files(config, tokenizer_dir, tmp)
@@ -979,7 +987,9 @@ def parse_args(argv=None):
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
     parser.add_argument("--dtype", default="auto", help="auto (the checkpoint's), float32, bfloat16 or float16")
     parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 5GB or 500MB")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output folder written by an export command"
+    )
     parser.add_argument("--license", default="other", help="model card license id (default: other, research only)")
     parser.add_argument("--push", metavar="ORG/NAME", help="then upload the folder to this Hub repo")
     parser.add_argument("--private", action="store_true", help="create the pushed repo as private")
@@ -1021,6 +1031,9 @@ def main(argv=None) -> int:
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except OutputFolderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -3,12 +3,12 @@
 `save_processor_files` is the one seam the converter calls for everything text/processor-side. It converts the
 release's LLaMA sentencepiece tokenizer into a transformers fast tokenizer with `<image>`, `<audio>`, `<video>` as
 special tokens right after the original vocabulary, then hands it to the processing package's `save_processor`
-(processor_config.json with its auto_map, chat template, processing code).
+(processor_config.json with its auto_map and the original's preprocessing settings, chat template, processing code).
 """
 
 from pathlib import Path
 
-from modeling_unimoe.processing.export import save_processor
+from modeling_unimoe.processing.export import ORIGINAL_PREPROCESSING, save_processor
 
 from ._tensors import ConversionError
 
@@ -58,4 +58,6 @@ def save_processor_files(config, tokenizer_source_dir, out_dir) -> None:
         raise ConversionError(f"Placeholder tokens got ids {got}; the config expects {wanted}.")
     tokenizer.pad_token = tokenizer.unk_token  # as in the original (pad = unk, id 0)
     tokenizer.model_max_length = CONTEXT_LENGTH
-    save_processor(config, tokenizer, out_dir)  # tokenizer, processor_config.json, chat template, processing code
+    # tokenizer, processor_config.json (with the preprocessing the released models were trained with: per-piece
+    # prompt tokenization, 480,001-sample speech pieces, repeat-padded sound chunks), chat template, processing code
+    save_processor(config, tokenizer, out_dir, **ORIGINAL_PREPROCESSING)

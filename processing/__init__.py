@@ -6,10 +6,11 @@ other file of this package); `export.py` writes them, the tokenizer and `chat_te
     from modeling_unimoe.processing import UniMoEProcessor
 """
 
-from .export import add_custom_pipeline, build_processor, save_processor, save_tiny_processor
+from .export import ORIGINAL_PREPROCESSING, add_custom_pipeline, build_processor, save_processor, save_tiny_processor
 from .processing_unimoe import (
     EmptyAudioError,
     MediaDecodeError,
+    MediaTooLargeError,
     NotEnoughFramesError,
     PlaceholderCountError,
     PromptTooLongError,
@@ -22,8 +23,10 @@ from .tiny_tokenizer import build_tiny_tokenizer
 
 
 __all__ = [
+    "ORIGINAL_PREPROCESSING",
     "EmptyAudioError",
     "MediaDecodeError",
+    "MediaTooLargeError",
     "NotEnoughFramesError",
     "PlaceholderCountError",
     "PromptTooLongError",

@@ -7,15 +7,16 @@
                                                   # processing_unimoe.py
     add_custom_pipeline(folder)                   # pipeline_unimoe.py + config.json `custom_pipelines`
 
-`save_processor(config, tokenizer, folder)` does the same for any tokenizer (e.g. a converted model's LLaMA tokenizer
-with `<image>`, `<audio>`, `<video>` added).
+`save_processor(config, tokenizer, folder, **settings)` does the same for any tokenizer (e.g. a converted model's LLaMA
+tokenizer with `<image>`, `<audio>`, `<video>` added); `settings` are processor settings written into
+processor_config.json (the converter passes the original's preprocessing: `ORIGINAL_PREPROCESSING`).
 """
 
 import json
 import shutil
 from pathlib import Path
 
-from .processing_unimoe import UniMoEProcessor
+from .processing_unimoe import CHUNK_SAMPLES, UniMoEProcessor
 from .tiny_tokenizer import TINY_SPECIAL_TOKENS, build_tiny_tokenizer
 
 
@@ -33,6 +34,15 @@ CUSTOM_PIPELINES = {
     }
 }
 _SOUND_PLACEHOLDER_LINE = "{%- set sound_placeholder = '<sound>' -%}"
+# The preprocessing the released Uni-MoE models were trained with (processor settings; the processor's defaults are
+# the tiny model's): prompt text tokenized piece by piece between placeholders, speech cut into 480,001-sample pieces
+# of which Whisper keeps 480,000, the last sound chunk padded by repeating its last sample. (Their limit of 20 sound
+# chunks is the config's `max_sound_chunks`.)
+ORIGINAL_PREPROCESSING = {
+    "tokenize_text_pieces": True,
+    "speech_chunk_stride": CHUNK_SAMPLES + 1,
+    "sound_chunk_padding": "last_sample",
+}
 
 
 def chat_template_for(config, tokenizer=None) -> str:
@@ -49,17 +59,19 @@ def chat_template_for(config, tokenizer=None) -> str:
     return template
 
 
-def build_processor(config, tokenizer) -> UniMoEProcessor:
-    """The processor of a model config, with the chat template (also set on the tokenizer)."""
+def build_processor(config, tokenizer, **settings) -> UniMoEProcessor:
+    """The processor of a model config, with the chat template (also set on the tokenizer); `settings` override the
+    processor's settings (`UniMoEProcessor` arguments, e.g. `ORIGINAL_PREPROCESSING`)."""
     template = chat_template_for(config, tokenizer)
     tokenizer.chat_template = template
-    return UniMoEProcessor.from_config(config, tokenizer, chat_template=template)
+    return UniMoEProcessor.from_config(config, tokenizer, chat_template=template, **settings)
 
 
-def save_processor(config, tokenizer, out_dir) -> UniMoEProcessor:
-    """Write tokenizer files, processor_config.json (with the AutoProcessor auto_map), chat_template.jinja and
-    processing_unimoe.py into `out_dir`, so `AutoProcessor.from_pretrained(out_dir, trust_remote_code=True)` works."""
-    processor = build_processor(config, tokenizer)
+def save_processor(config, tokenizer, out_dir, **settings) -> UniMoEProcessor:
+    """Write tokenizer files, processor_config.json (with the AutoProcessor auto_map and `settings`),
+    chat_template.jinja and processing_unimoe.py into `out_dir`, so `AutoProcessor.from_pretrained(out_dir,
+    trust_remote_code=True)` works."""
+    processor = build_processor(config, tokenizer, **settings)
     UniMoEProcessor.register_for_auto_class("AutoProcessor")
     processor.save_pretrained(str(out_dir))
     return processor
@@ -102,6 +114,7 @@ def add_custom_pipeline(out_dir) -> None:
 
 __all__ = [
     "CUSTOM_PIPELINES",
+    "ORIGINAL_PREPROCESSING",
     "PIPELINE_TASK",
     "add_custom_pipeline",
     "build_processor",

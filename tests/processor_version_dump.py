@@ -1,13 +1,16 @@
 """Dump what an exported folder's processor gives under the transformers of the running interpreter.
 
-    python tests/processor_version_dump.py FOLDER MEDIA_DIR OUT_DIR
+    python tests/processor_version_dump.py FOLDER MEDIA_DIR OUT_DIR [CONVERTED]
 
 FOLDER holds the Hub processor files (processor_config.json, tokenizer files, chat_template.jinja,
 processing_unimoe.py) and is loaded with `AutoProcessor.from_pretrained(FOLDER, trust_remote_code=True)`. MEDIA_DIR
 holds red.png, clip.mp4, speech.wav and beeps.flac. Writes OUT_DIR/arrays.npz (every model input of every case, as
 numpy) and OUT_DIR/strings.json (rendered prompts, decoded texts, tokens, error messages, versions; and the replies
-of both pipelines when FOLDER is a whole model folder, with config.json). tests/test_processing_versions.py runs it in
-each build/venvs/tf-* interpreter and compares the results with the main interpreter's, exactly.
+of both pipelines when FOLDER is a whole model folder, with config.json). CONVERTED, when given, is a processor folder
+as the converter writes it (a LLaMA SentencePiece tokenizer, the original's preprocessing: per-piece prompt ids,
+480,001-sample speech pieces, soxr resampling): its prompt ids and speech features go into the dump too.
+tests/test_processing_versions.py runs it in each build/venvs/tf-* interpreter and compares the results with the main
+interpreter's, exactly.
 
 Imports nothing of this repository: it runs in interpreters where the package is not installed.
 """
@@ -184,7 +187,47 @@ def pipelines(folder, chat_paths, objects):
     }
 
 
-def main(folder, media_dir, out_dir):
+def converted_calls(folder, media, objects):
+    """name -> model inputs of a converted folder's processor (per-piece prompt ids, fast LLaMA tokenizer), and the
+    rendered chat."""
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    image, speech = media["image"], media["audio"]
+    raw = [
+        "USER: <image>\n<audio>\nWhat is this? <video> and  this ASSISTANT:",
+        " leading space <audio> trailing space ",
+        "<video><image>\tüñï 漢字 🙂 12+30</s>USER: again",
+    ]
+    chat = [
+        {"role": "user", "content": [{"type": "image", "path": image}, {"type": "text", "text": "Color?"}]},
+        {"role": "assistant", "content": "red"},
+        {"role": "user", "content": [{"type": "audio", "path": speech}, {"type": "text", "text": "Said?"}]},
+        {"role": "assistant", "content": "a tone"},
+    ]
+    out = {
+        "raw": processor(
+            text=raw,
+            images=[objects["image_pil"], objects["image_array"]],
+            audio=[objects["speech"], objects["speech"]],
+            videos=[objects["frames"][:8], objects["frames"][2:]],
+            sampling_rate=44100,
+            padding=True,
+            return_offsets_mapping=True,
+            return_tensors="pt",
+        ),
+        "truncated": processor(
+            text=raw[0], images=image, audio=speech, videos=[objects["frames"]], truncation=True, max_length=88,
+            return_tensors="pt",
+        ),
+        "chat_masks": processor.apply_chat_template(
+            chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt"
+        ),
+    }  # fmt: skip
+    rendered = processor.apply_chat_template(chat)
+    settings = [processor.tokenize_text_pieces, processor.speech_chunk_stride, processor.sound_chunk_padding]
+    return out, {"rendered": rendered, "settings": settings}
+
+
+def main(folder, media_dir, out_dir, converted=None):
     media_dir, out_dir = Path(media_dir), Path(out_dir)
     media = {
         "image": str(media_dir / "red.png"),
@@ -254,6 +297,12 @@ def main(folder, media_dir, out_dir):
             arrays[f"roundtrip/{key}"] = as_numpy(value)
         strings["reloaded_rendered"] = reloaded.apply_chat_template(chat_paths, add_generation_prompt=True)
 
+    if converted:
+        converted_outputs, strings["converted"] = converted_calls(converted, media, objects)
+        for case, batch in converted_outputs.items():
+            for key, value in batch.items():
+                arrays[f"converted/{case}/{key}"] = as_numpy(value)
+
     if (Path(folder) / "config.json").is_file():  # a whole model folder: both pipelines, 3 greedy tokens
         strings["pipelines"] = pipelines(folder, chat_paths, objects)
 
@@ -276,4 +325,4 @@ def main(folder, media_dir, out_dir):
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

@@ -155,6 +155,8 @@ def test_folder_contents(parity):
         "- custom_code",
         "- Uni-MoE/Uni-MoE-8e-e2",
         "license: other",
+        "## Differences from the original",
+        "(`top2_2nd_expert_sampling`, also at inference)",
     ):
         assert line in card, line
 

@@ -1,5 +1,6 @@
 """The Gradio demo in a real browser: Debian's chromium driven by playwright (never `playwright install`) uploads an
-image, asks about it, reads the streamed answer on the page and saves a screenshot (also to build/)."""
+image, asks about it, reads the streamed answer and the context line on the page and saves a screenshot (also to
+build/)."""
 
 import shutil
 import time
@@ -76,4 +77,7 @@ def test_image_question_in_the_browser(demo_url, page, tmp_path):
     shutil.copyfile(screenshot, SCREENSHOT_COPY)
     assert is_correct(answer, example["answer"]), f"asked {example['question']!r}: page shows {answer!r}"
     assert example["question"] in " ".join(page.locator("[data-testid=user]").all_inner_texts())
+    # the page says plainly whether answers use the conversation so far, and what the last answer saw
+    assert page.get_by_label("Use the conversation so far").is_checked()
+    assert "History on: no earlier exchange yet" in page.get_by_label("Context of the last answer").input_value()
     assert time.monotonic() - start < 120

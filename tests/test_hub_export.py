@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from hub_export.build import build
 from hub_export.check import fixed_prompt
+from hub_export.output import OutputFolderError
 from modeling_unimoe import UniMoEForCausalLM
 
 
@@ -112,12 +113,19 @@ def test_check_blocks_the_local_package(tmp_path):
 
 
 def test_build_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
-    out = tmp_path / "exists"
-    out.mkdir()
-    (out / "keep.txt").write_text("user data")
-    with pytest.raises(FileExistsError, match="already exists. Pass --overwrite to replace it"):
-        build("tiny", out)
-    assert (out / "keep.txt").read_text() == "user data"
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "keep.txt").write_text("user data")
+    for overwrite in (False, True):
+        with pytest.raises(
+            OutputFolderError, match="Refusing to replace the output folder .* not an export of uni-moe"
+        ):
+            build("tiny", user, overwrite=overwrite)
+    assert [p.name for p in user.iterdir()] == ["keep.txt"] and (user / "keep.txt").read_text() == "user data"
+    export = build("tiny", tmp_path / "export")
+    with pytest.raises(OutputFolderError, match="already exists \\(an earlier export\\). Pass --overwrite"):
+        build("tiny", export)
+    before = {p.name: p.read_bytes() for p in export.iterdir()}
 
     def save_then_fail(self, folder, **kwargs):
         (Path(folder) / "model.safetensors").write_bytes(b"half-written")
@@ -127,9 +135,9 @@ def test_build_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path, monk
     with pytest.raises(OSError, match="disk full"):
         build("tiny", tmp_path / "new")
     with pytest.raises(OSError, match="disk full"):
-        build("tiny", out, overwrite=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists"]
-    assert (out / "keep.txt").read_text() == "user data"
+        build("tiny", export, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "user"]
+    assert {p.name: p.read_bytes() for p in export.iterdir()} == before
 
 
 @pytest.mark.parametrize(

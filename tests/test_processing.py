@@ -298,8 +298,8 @@ def test_resampling_keeps_a_tone(sr):
 
 
 @pytest.mark.parametrize(("sr", "target"), [(44100, SR), (16001, SR), (SR, 8000), (8000, 44100)])
-def test_resampling_equals_the_windowed_sinc_sum_sample_by_sample(sr, target):
-    """The polyphase implementation against the formula it computes, output sample by output sample."""
+def test_windowed_sinc_resampler_equals_its_sum_sample_by_sample(sr, target):
+    """The tiny checkpoint's resampler (polyphase) against the formula it computes, output sample by output sample."""
     wave = np.random.default_rng(0).standard_normal(300)
     beta = 0.99 * min(sr, target) / sr
     expected = []
@@ -308,7 +308,20 @@ def test_resampling_equals_the_windowed_sinc_sum_sample_by_sample(sr, target):
         t = j * sr / target - n
         kernel = beta * np.sinc(beta * t) * np.cos(t * np.pi * beta / 12) ** 2 * (np.abs(beta * t) <= 6)
         expected.append((wave * kernel).sum())
-    np.testing.assert_allclose(resample_audio(wave, sr, target), np.array(expected, dtype=np.float32), atol=1e-5)
+    got = resample_audio(wave, sr, target, method="windowed_sinc")
+    np.testing.assert_allclose(got, np.array(expected, dtype=np.float32), atol=1e-5)
+
+
+@pytest.mark.parametrize(("sr", "target"), [(44100, SR), (16001, SR), (SR, 8000), (8000, 44100)])
+def test_resampling_is_soxr_hq_with_librosas_length(sr, target):
+    """python-soxr at "HQ" (librosa's default), the output cut or zero-padded to ceil(n * target / sr) samples."""
+    import soxr
+
+    wave = np.random.default_rng(0).standard_normal(300).astype(np.float32)
+    expected = soxr.resample(wave, sr, target, quality="HQ")
+    length = int(np.ceil(len(wave) * target / sr))
+    expected = np.pad(expected, (0, max(0, length - len(expected))))[:length]
+    np.testing.assert_array_equal(resample_audio(wave, sr, target), expected.astype(np.float32))
 
 
 def test_audio_files_and_arrays_agree(tmp_path):
@@ -505,12 +518,70 @@ def test_prompt_longer_than_context_refused_or_truncated_when_asked(processor):
         processor(text=long_text)
     batch = processor(text=long_text, truncation=True, max_length=100, return_tensors="pt")
     assert batch["input_ids"].shape == (1, 100)
-    # truncation must not cut an image's placeholders
+    # truncation never drops media: an image's 36 placeholders (and <s>) do not fit in 8 tokens
     with pytest.raises(
-        PromptTooLongError, match=r"would cut its image placeholders \(\d+ of 36 <image> tokens kept\)"
-    ):
+        PromptTooLongError, match=r"cannot be truncated to 8 tokens: its media and special tokens alone take 37 "
+        r"tokens \(36 <image>\)"
+    ):  # fmt: skip
         processor(text="USER: hi <image>", images=color_image(), truncation=True, max_length=8)
     # media count towards the context: 4 x 2 min of speech = 4 x 4 chunks x 8 tokens = 128 > 100
     small = tiny_processor(context_length=100)
     with pytest.raises(PromptTooLongError, match=r"takes 1[0-9][0-9] tokens with its media expanded.*context of 100"):
         small(text="<audio>" * 4, audio=[sine(120.0)] * 4, sampling_rate=SR)
+
+
+def test_truncation_keeps_the_end_and_the_media_and_drops_the_earliest_text(processor):
+    """The question and `ASSISTANT:` survive; the earliest text goes first; every placeholder and <s> stay."""
+    history = "USER: What is one plus two? ASSISTANT: three</s>" * 30
+    text = history + "USER: <image>\nWhat color is the shape? ASSISTANT:"
+    full = processor(text=text, images=color_image())["input_ids"][0]
+    batch = processor(text=text, images=color_image(), truncation=True, max_length=80)
+    ids = batch["input_ids"][0]
+    assert len(ids) == 80 and ids[0] == processor.tokenizer.bos_token_id
+    assert ids[1:] == full[len(full) - 79 :]  # the last 79 tokens: the earliest text was dropped
+    assert ids.count(processor.image_token_id) == 36
+    assert processor.decode(ids).endswith("<image>\nWhat color is the shape? ASSISTANT:")
+    # text between media is dropped before later text, the media themselves never
+    text = "USER: one two three <image> four five six ASSISTANT:"
+    full = processor(text=text, images=color_image())["input_ids"][0]
+    cut = processor(text=text, images=color_image(), truncation=True, max_length=len(full) - 3)["input_ids"][0]
+    position = full.index(processor.image_token_id)
+    assert cut == full[:1] + full[4:]  # the three earliest text tokens after <s>
+    assert cut.index(processor.image_token_id) == position - 3
+    # through the chat template: the system prompt and old turns go, the last question stays
+    chat = [{"role": "user", "content": "What is one plus two?"}, {"role": "assistant", "content": "three"}] * 20
+    chat.append(
+        {"role": "user", "content": [{"type": "image", "image": color_image()}, {"type": "text", "text": "Why?"}]}
+    )
+    out = processor.apply_chat_template(
+        chat, add_generation_prompt=True, tokenize=True, return_dict=True,
+        processor_kwargs={"truncation": True, "max_length": 60},
+    )  # fmt: skip
+    assert len(out["input_ids"][0]) == 60 and processor.decode(out["input_ids"][0]).endswith("Why? ASSISTANT:")
+
+
+def test_ragged_batch_error_names_the_quiet_padding_and_it_is_quiet(processor, caplog):
+    import logging
+    import warnings
+
+    chats = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "What is one plus two?"}]]
+    kwargs = dict(add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    with pytest.raises(UniMoEProcessingError, match=r"processor_kwargs=\{\"padding\": True\}.*logs no warning"):
+        processor.apply_chat_template(chats, **kwargs)
+    with pytest.raises(UniMoEProcessingError, match=r"`processor\(\.\.\., padding=True\)`"):
+        processor(text=["Hi", "What is one plus two?"], return_tensors="pt")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.enable_propagation()  # transformers' own records reach caplog too
+    try:
+        with caplog.at_level(logging.DEBUG), warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for _ in range(3):  # every batch of a training loop
+                batch = processor.apply_chat_template(
+                    chats, processor_kwargs={"padding": True}, return_assistant_tokens_mask=True, **kwargs
+                )
+                processor(text=["Hi", "What is one plus two?"], padding=True, return_tensors="pt")
+    finally:
+        transformers_logging.disable_propagation()
+    assert batch["input_ids"].shape[0] == 2
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == []

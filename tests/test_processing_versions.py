@@ -1,7 +1,9 @@
 """The Hub processor files under every transformers in build/venvs/tf-*/ (4.57, 5.0, 5.19, 5.25, ...): each loads the
 exported folder with AutoProcessor (remote code) and runs tests/processor_version_dump.py; its model inputs, rendered
 prompts, decoded texts, tokens and error messages must equal the main interpreter's exactly (bit for bit), and both
-pipelines (`unimoe-any-to-text`, `image-text-to-text`) must answer."""
+pipelines (`unimoe-any-to-text`, `image-text-to-text`) must answer. A converted folder's processor (a LLaMA
+SentencePiece tokenizer with the original's preprocessing, written by the converter here) is dumped and compared
+too."""
 
 import json
 import os
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 
 from .processing_helpers import sine, write_audio, write_image, write_video
+from .test_processor_faithfulness import write_converted_processor, write_release_tokenizer
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +44,14 @@ def folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """A converted folder's processor files (tokenizer.json saved by this transformers, this tree's processing
+    code)."""
+    release = write_release_tokenizer(tmp_path_factory.mktemp("release"))
+    return write_converted_processor(tmp_path_factory.mktemp("converted"), release)
+
+
+@pytest.fixture(scope="module")
 def media(tmp_path_factory):
     root = tmp_path_factory.mktemp("version-media")
     write_image(root / "red.png", size=(72, 40))
@@ -50,7 +61,7 @@ def media(tmp_path_factory):
     return root
 
 
-def dump(python, folder, media, out):
+def dump(python, folder, media, out, converted):
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -59,7 +70,7 @@ def dump(python, folder, media, out):
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     result = subprocess.run(
-        [str(python), str(DUMP), str(folder), str(media), str(out)],
+        [str(python), str(DUMP), str(folder), str(media), str(out), str(converted)],
         capture_output=True,
         text=True,
         cwd=out,
@@ -75,13 +86,14 @@ def dump(python, folder, media, out):
     assert replies["pipeline_class"] == "UniMoEPipeline", replies
     texts = [replies["any_to_text"], *replies["any_to_text_batch"], replies["image_text_to_text"]]
     assert len(texts) == 4 and all(isinstance(text, str) for text in texts), replies
+    assert report["strings"]["converted"]["settings"] == [True, 480_001, "last_sample"], report["strings"]["converted"]
     return {key: arrays[key] for key in arrays.files}, report
 
 
 @pytest.fixture(scope="module")
-def reference(folder, media, tmp_path_factory):
+def reference(folder, media, converted, tmp_path_factory):
     """The main interpreter's dump (the pinned transformers): the values every other version must reproduce."""
-    arrays, report = dump(sys.executable, folder, media, tmp_path_factory.mktemp("dump-main"))
+    arrays, report = dump(sys.executable, folder, media, tmp_path_factory.mktemp("dump-main"), converted)
     # within one interpreter: the save_pretrained + AutoProcessor round trip gives the same inputs
     for key in [k for k in arrays if k.startswith("chat_paths/")]:
         np.testing.assert_array_equal(arrays[key], arrays["roundtrip/" + key.split("/", 1)[1]])
@@ -90,11 +102,11 @@ def reference(folder, media, tmp_path_factory):
 
 
 @pytest.mark.parametrize("venv", VENVS or [None], ids=[path.name for path in VENVS] or ["none"])
-def test_processor_outputs_equal_across_transformers_versions(venv, folder, media, reference, tmp_path):
+def test_processor_outputs_equal_across_transformers_versions(venv, folder, media, converted, reference, tmp_path):
     if venv is None:
         pytest.skip("no interpreters under build/venvs/tf-*/ (one venv per transformers version to compare)")
     expected_arrays, expected = reference
-    arrays, report = dump(venv / "bin" / "python", folder, media, tmp_path)
+    arrays, report = dump(venv / "bin" / "python", folder, media, tmp_path, converted)
     versions = report["versions"]
     assert sorted(arrays) == sorted(expected_arrays), versions
     different = []

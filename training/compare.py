@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+from hub_export.output import OutputFolderError
 
 from .evaluate import MODALITIES, evaluate
 from .tiny import RECIPES, export, run, stage_recipes, write_data
@@ -79,8 +82,13 @@ def main(argv=None):
     parser.add_argument("--moe", default="checkpoints/uni-moe-tiny", help="the progressive MoE folder")
     parser.add_argument("--out", default=None, help="JSON path (default WORK/compare.json)")
     args = parser.parse_args(argv)
-    compare(args.work, args.moe, args.out)
+    try:
+        compare(args.work, args.moe, args.out)
+    except OutputFolderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,15 +1,16 @@
 # Copyright 2026 The uni-moe developers. Licensed under the Apache License, Version 2.0.
 """Evaluate an exported Uni-MoE folder on the synthetic task suite, and report expert routing per modality.
 
-    python -m modeling_unimoe.training.evaluate checkpoints/uni-moe-tiny --split test
-    python -m modeling_unimoe.training.evaluate checkpoints/uni-moe-tiny --split test --routing --out build/eval
+    python -m modeling_unimoe.training.evaluate checkpoints/uni-moe-tiny --split test   # -> build/eval/uni-moe-tiny
+    python -m modeling_unimoe.training.evaluate checkpoints/uni-moe-tiny --split test --routing --out my-eval
 
 The folder is loaded through `AutoModelForCausalLM` / `AutoProcessor` with `trust_remote_code=True`; answers are
 greedy and scored by exact match of the normalised answer (`synthetic.is_correct`). Writes `eval.json` (per-task and
-per-modality accuracy, every prediction) and prints a markdown table. `--routing` also writes `routing.json` (per
-MoE layer, the share of each modality's token-expert assignments that go to each expert: the paper's expert
-preference analysis) and `routing.png` (heat maps). Tokens counted: those after the prompt prefix that every
-example shares (the system prompt), i.e. the user turn with its media placeholders and the question.
+per-modality accuracy, every prediction) into `--out` (default: `build/eval/<folder name>` under the current
+directory; the evaluated folder is never written to) and prints a markdown table. `--routing` also writes
+`routing.json` (per MoE layer, the share of each modality's token-expert assignments that go to each expert: the
+paper's expert preference analysis) and `routing.png` (heat maps). Tokens counted: those after the prompt prefix
+that every example shares (the system prompt), i.e. the user turn with its media placeholders and the question.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def plot_routing(report: dict, path) -> Path:
                              squeeze=False)  # fmt: skip
     for ax, layer in zip(axes[0], layers, strict=True):
         grid = torch.tensor([report["share"][m][str(layer)] for m in modalities])
-        ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
+        ax.imshow(grid.numpy(), vmin=0, vmax=1, cmap="viridis")
         ax.set_title(f"layer {layer}")
         ax.set_xticks(range(report["num_experts"]))
         ax.set_xlabel("expert")
@@ -180,10 +181,15 @@ def plot_routing(report: dict, path) -> Path:
     return Path(path)
 
 
+def default_out(folder) -> Path:
+    """Where `evaluate` writes without `out`: build/eval/<the folder's name>, relative to the current directory."""
+    return Path("build") / "eval" / Path(folder).resolve().name
+
+
 def evaluate(folder, data="build/tiny/data", split="test", out=None, n_per_task=50, routing=False, tasks=TASKS,
              batch_size=16, log=print) -> dict:  # fmt: skip
     folder = Path(folder)
-    out = Path(out) if out is not None else folder / "eval"
+    out = Path(out) if out is not None else default_out(folder)
     out.mkdir(parents=True, exist_ok=True)
     model, processor = load_folder(folder)
     records = test_records(data, split, n_per_task, tasks=tasks)
@@ -215,7 +221,7 @@ def main(argv=None):
     )
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
     parser.add_argument("--n-per-task", type=int, default=50, help="examples per task when the split is written")
-    parser.add_argument("--out", default=None, help="output folder (default: FOLDER/eval)")
+    parser.add_argument("--out", default=None, help="output folder (default: build/eval/<FOLDER's name>)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--routing", action="store_true", help="also write routing.json and routing.png")
     args = parser.parse_args(argv)

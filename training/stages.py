@@ -1,5 +1,5 @@
 # Copyright 2026 The uni-moe developers. Licensed under the Apache License, Version 2.0.
-"""What each progressive-training stage trains, and the stage-3 MoE assembly (paper section 4, reference doc 3-4).
+"""What each progressive-training stage trains, and the stage-3 MoE assembly (paper section 4).
 
 Parameters are grouped into components by name:
 

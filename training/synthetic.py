@@ -144,8 +144,8 @@ def _check_rate(sampling_rate) -> None:
 
 def resample(wave: np.ndarray, orig_sr: int, target_sr: int = SAMPLING_RATE) -> np.ndarray:
     """Band-limited resampling of a 1-D waveform between any two integer rates: the processor's `resample_audio`
-    (Hann-windowed sinc, 6 zero crossings, cutoff 0.99 x the lower Nyquist rate) with argument checks. Output:
-    float32, ceil(len * target_sr / orig_sr) samples."""
+    (python-soxr at high quality on float32 samples, as librosa's default) with argument checks. Output: float32,
+    ceil(len * target_sr / orig_sr) samples."""
     from modeling_unimoe.processing.processing_unimoe import resample_audio
 
     _check_int("orig_sr", orig_sr, 1)

@@ -1,13 +1,15 @@
 # Copyright 2026 The uni-moe developers. Licensed under the Apache License, Version 2.0.
 """Uni-MoE-Tiny: the three progressive stages for the `tiny` preset on CPU, then a Hub folder.
 
-    python -m modeling_unimoe.training.tiny                      # -> checkpoints/uni-moe-tiny/
+    python -m modeling_unimoe.training.tiny                      # -> build/uni-moe-tiny/
     python -m modeling_unimoe.training.tiny --evaluate           # then the test-split accuracy table
+    python -m modeling_unimoe.training.tiny --out checkpoints/uni-moe-tiny   # replaces the checked-in model
 
 Writes the synthetic data once (seeded) under `build/tiny/data` (`TRAIN_PER_TASK`: the vision, sound and speech
 experts get more examples than stages 1 and 3 read), runs recipes/tiny/stage{1,2,3}.yaml (stage outputs
-under `build/tiny/`), and exports the merged stage-3 model with its processor and pipeline to `--out`, as
-`hub_export.build` writes a folder. Prints the time of each stage.
+under `build/tiny/`), and exports the merged stage-3 model with its processor and pipeline to `--out` (default
+`build/uni-moe-tiny`), as `hub_export.build` writes a folder: an existing `--out` is replaced only when it is an
+export of ours (`hub_export.output`), which is checked before training starts. Prints the time of each stage.
 
 The tiny model has no pretrained weights at all: its CLIP, Whisper and BEATs towers and its LLM start random. The
 tiny recipes therefore also train the LLM in stage 1 and the speech and sound towers with their experts in stage 2,
@@ -34,6 +36,8 @@ from pathlib import Path
 
 import yaml
 
+from hub_export.output import OutputFolderError, atomic_output_dir, check_output_dir
+
 from .synthetic import MODALITY, TASKS, write_split
 from .train import load_recipe, run_stage
 
@@ -44,6 +48,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 TRAIN_PER_TASK = {"image": 600, "image_shape": 2400, "image_count": 2400, "video": 1200, "text": 600, "speech": 1200,
                   "sound": 600, "sound_beeps": 2400}  # fmt: skip
 TEST_PER_TASK = 50
+DEFAULT_OUT = "build/uni-moe-tiny"  # the checked-in model, checkpoints/uni-moe-tiny, is replaced only when named
 
 
 def _write_task(data: Path, task: str, size: int, seed: int) -> list[dict]:
@@ -135,20 +140,18 @@ def run_experts_in_parallel(recipe: dict, workers: int, log=print) -> None:
 
 
 def export(stage3: Path, out: Path) -> Path:
-    """Copy the stage-3 folder (without its checkpoints) to `out`, atomically."""
-    from hub_export._io import atomic_output_dir
-
-    with atomic_output_dir(out, overwrite=True) as tmp:
+    """Copy the stage-3 folder (without its checkpoints) to `out`, atomically; an existing `out` is replaced only
+    when it is an export of ours (`hub_export.output.OutputFolderError` otherwise)."""
+    with atomic_output_dir(out, overwrite=True, tool="modeling_unimoe.training.tiny") as tmp:
         for path in Path(stage3).iterdir():
             if path.is_file():
                 shutil.copy2(path, tmp / path.name)
     return out
 
 
-def run(
-    out="checkpoints/uni-moe-tiny", work="build/tiny", seed=0, overrides=(), evaluate=False, workers=None, log=print
-) -> dict:
+def run(out=DEFAULT_OUT, work="build/tiny", seed=0, overrides=(), evaluate=False, workers=None, log=print) -> dict:
     work, out = Path(work), Path(out)
+    check_output_dir(out, overwrite=True)  # refuse a folder that is not ours now, not after the training
     workers = workers or os.cpu_count() or 1
     times = {}
     start = time.time()
@@ -179,7 +182,12 @@ def run(
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="checkpoints/uni-moe-tiny", help="the exported Hub folder")
+    parser.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        help=f"the exported Hub folder (default {DEFAULT_OUT}; an earlier export there is replaced; "
+        "--out checkpoints/uni-moe-tiny replaces the checked-in model)",
+    )
     parser.add_argument("--work", default="build/tiny", help="data and stage outputs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--evaluate", action="store_true", help="evaluate the exported folder on the test split")
@@ -188,8 +196,13 @@ def main(argv=None):
         "overrides", nargs="*", help="stageN.dotted.key=value, e.g. stage1.training.num_train_epochs=3"
     )
     args = parser.parse_args(argv)
-    run(args.out, args.work, args.seed, args.overrides, args.evaluate, args.workers)
+    try:
+        run(args.out, args.work, args.seed, args.overrides, args.evaluate, args.workers)
+    except OutputFolderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

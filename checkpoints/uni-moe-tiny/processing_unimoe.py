@@ -3,7 +3,8 @@
 
 This file is uploaded to the Hub next to `modeling_unimoe.py` and loaded with `trust_remote_code=True`: it imports only
 torch, numpy, PIL, transformers and the standard library. Decoding audio and video files needs `soundfile` and/or `av`
-(PyAV); they are imported when a file is decoded, with an error naming the package if missing.
+(PyAV), resampling audio that is not at 16 kHz needs `soxr` (python-soxr); they are imported when needed, with an
+error naming the package if missing.
 
 It works unchanged, with the same outputs bit for bit, on transformers 4.57 and 5.x (checked: 4.57.6, 5.0, 5.19, 5.23,
 5.25): what differs between versions is found by feature detection (sub-processor declaration and loading, the save
@@ -26,6 +27,24 @@ Placeholders and what fills them (each expands to the number of LLM positions it
 A model without a speech tower (the released BEATs "audio" variant) sends `<audio>` / `audio=` to the sound path.
 Rows of every media tensor follow the text: all media of sample 0 in text order, then sample 1, and so on.
 
+Preprocessing of the released models (the settings `hub_export` writes into a converted folder's processor config):
+
+- prompt ids: `tokenize_text_pieces=True` tokenizes the text between placeholders piece by piece, as the original's
+  `tokenizer_image_audio_video_token` did, so every piece after a placeholder starts with the LLaMA tokenizer's dummy
+  prefix "▁" (e.g. 29871 before "\n");
+- speech: cut into pieces of `speech_chunk_stride` = 480,001 samples, each cut to Whisper's 480,000 (the original's
+  WhisperProcessor call keeps 480,000 samples of each piece);
+- sound: chunks of 480,000 samples, the last padded by repeating its last sample (`sound_chunk_padding="last_sample"`);
+  at most `max_sound_chunks` = 20 chunks (the original keeps the first 20 of a longer sound without a word; here a
+  longer sound is refused unless the call passes `truncate_sound=True`);
+- resampling: python-soxr at high quality, stereo averaged to mono first, as the original's `librosa.load(sr=16000)`
+  (`resampler="soxr_hq"`, the default; the tiny checkpoint keeps the windowed-sinc resampler it was trained with).
+
+Media are bounded before they are decoded: an image file's pixel count (`max_image_pixels`) and a video's frame count
+and frame size (`max_video_frames`, `max_image_pixels`) are read from the file's header, an audio file's duration from
+its header (at most `max_sound_chunks` chunks on the sound path, at most what the model's context holds on the speech
+path), and only what will be used is decoded (the sampled frames' part of a video, the kept part of a truncated sound).
+
 Every input problem raises a `UniMoEProcessingError` (a `ValueError`) naming what was received, what was expected and
 how to fix it; its subclasses tell the cases apart.
 """
@@ -39,6 +58,7 @@ import math
 import os
 import re
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +89,13 @@ CHUNK_SAMPLES = SAMPLING_RATE * CHUNK_SECONDS  # 480,000: one Whisper / BEATs in
 MIN_SAMPLING_RATE, MAX_SAMPLING_RATE = 1_000, 384_000
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# the original's sound path keeps this many chunks of a longer sound (and drops the rest without a word)
+ORIGINAL_MAX_SOUND_CHUNKS = 20
+MAX_IMAGE_PIXELS = 8192 * 8192  # per image file and per video frame: a 48 MP photo or an 8K frame fits
+MAX_VIDEO_FRAMES = 36_000  # 20 minutes at 30 frames per second
+SOUND_CHUNK_PADDINGS = ("zeros", "last_sample")
+RESAMPLERS = ("soxr_hq", "windowed_sinc")
+_UNKNOWN_FRAMES = 1 << 62  # libsndfile's frame count of a file whose length it cannot tell
 
 
 # --- errors ---------------------------------------------------------------------------------------------------------
@@ -92,12 +119,18 @@ class NotEnoughFramesError(MediaDecodeError):
     """A video has fewer frames than the model samples (and `short_video="repeat"` was not asked for)."""
 
 
+class MediaTooLargeError(MediaDecodeError):
+    """An image or video file has more pixels or frames than the processor's limits (read from its header, before
+    decoding)."""
+
+
 class TooManyChunksError(UniMoEProcessingError):
     """A sound is longer than `max_sound_chunks` chunks (and `truncate_sound=True` was not asked for)."""
 
 
 class PromptTooLongError(UniMoEProcessingError):
-    """The expanded prompt is longer than the model's context, or truncation would cut media placeholders."""
+    """The expanded prompt is longer than the model's context (or than `max_length` with `truncation=True`, once all
+    its text that truncation may drop is dropped), or one speech input alone takes more than the context."""
 
 
 # --- reading media ----------------------------------------------------------------------------------------------------
@@ -150,6 +183,21 @@ def _open_source(source, what: str):
     return str(path)
 
 
+def _rewind(source) -> None:
+    if hasattr(source, "seek"):
+        source.seek(0)
+
+
+def _check_pixels(width: int, height: int, max_pixels: int | None, what: str) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise MediaTooLargeError(
+            f"{what} is {width}x{height} = {width * height:,} pixels (read from its header, before decoding); the "
+            f"processor takes at most {max_pixels:,} pixels per image or video frame (`max_image_pixels`). Pass a "
+            "smaller image (the model sees it at a few hundred pixels a side), or raise `max_image_pixels` on the "
+            "processor."
+        )
+
+
 def _array_to_pil(array, what: str) -> Image.Image:
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu().numpy()
@@ -190,9 +238,10 @@ def _array_to_pil(array, what: str) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(image, what: str = "image") -> Image.Image:
+def load_image(image, what: str = "image", max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
     """An RGB PIL image from a PIL image, an array / tensor (HWC or CHW, uint8 or float in [0, 1]), a file path, an
-    http(s) URL, bytes or a `{"path": ...}` / `{"bytes": ...}` dict. Raises `MediaDecodeError` naming `what`."""
+    http(s) URL, bytes or a `{"path": ...}` / `{"bytes": ...}` dict. Raises `MediaDecodeError` naming `what`, and
+    `MediaTooLargeError` for a file of more than `max_pixels` pixels (its size is read before its pixels are)."""
     if isinstance(image, dict):
         image = image.get("bytes") or image.get("path") or image.get("url") or image.get("image")
     if isinstance(image, Image.Image):
@@ -203,14 +252,25 @@ def load_image(image, what: str = "image") -> Image.Image:
         return _array_to_pil(image, what)
     if _is_path_like(image) or isinstance(image, (bytes, bytearray)):
         source = _open_source(image, what)
+        name = f"{what} ({_describe(image)})"
         try:
-            with Image.open(source) as opened:
+            with warnings.catch_warnings():  # PIL's own, larger bomb limit: the size is checked below
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(source)
+            with opened:
+                _check_pixels(opened.width, opened.height, max_pixels, name)
                 opened.load()
                 return opened.convert("RGB")
+        except UniMoEProcessingError:
+            raise
+        except Image.DecompressionBombError as error:  # over twice PIL's limit: refused by PIL before ours
+            raise MediaTooLargeError(
+                f"{name} is too large to decode: {error} Pass a smaller image (the model sees it at a few hundred "
+                "pixels a side)."
+            ) from None
         except Exception as error:  # PIL raises many types on corrupt data
-            name = _describe(image)
             raise MediaDecodeError(
-                f"Could not decode {what} ({name}) as an image: {type(error).__name__}: {error}. Expected a readable "
+                f"Could not decode {name} as an image: {type(error).__name__}: {error}. Expected a readable "
                 "image file (PNG, JPEG, ...)."
             ) from None
     raise MediaDecodeError(
@@ -218,9 +278,48 @@ def load_image(image, what: str = "image") -> Image.Image:
     )
 
 
-def resample_audio(waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLING_RATE) -> np.ndarray:
+# --- audio ------------------------------------------------------------------------------------------------------------
+def resampled_length(num_samples: int, orig_sr: int, target_sr: int = SAMPLING_RATE) -> int:
+    """Samples after resampling `num_samples` samples from `orig_sr` to `target_sr` (librosa's length:
+    ceil(num_samples * target_sr / orig_sr))."""
+    if orig_sr == target_sr:
+        return int(num_samples)
+    return int(np.ceil(num_samples * (float(target_sr) / orig_sr)))
+
+
+def resample_audio(
+    waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLING_RATE, method: str = "soxr_hq"
+) -> np.ndarray:
+    """Resampling as the original Uni-MoE's `librosa.load(sr=16000)`: python-soxr at high quality ("HQ", librosa's
+    default `soxr_hq`) on float32 samples, cut or zero-padded to `resampled_length` samples (librosa's `fix_length`).
+    Needs the `soxr` package unless the rates are equal. `method="windowed_sinc"` is the resampler the tiny
+    checkpoint was trained with instead (`windowed_sinc_resample`). Returns float32."""
+    if method not in RESAMPLERS:
+        raise ValueError(f"method must be one of {RESAMPLERS}, got {method!r}.")
+    if method == "windowed_sinc":
+        return windowed_sinc_resample(waveform, orig_sr, target_sr)
+    waveform = np.asarray(waveform, dtype=np.float32)
+    if orig_sr == target_sr or waveform.size == 0:
+        return waveform
+    try:
+        soxr = importlib.import_module("soxr")
+    except ImportError:
+        raise ImportError(
+            f"Resampling audio from {orig_sr} Hz to {target_sr} Hz needs the `soxr` package (python-soxr, the "
+            "resampler librosa uses), which is not installed. Install it with `pip install soxr`, or pass audio "
+            f"sampled at {target_sr} Hz."
+        ) from None
+    out = soxr.resample(np.ascontiguousarray(waveform), orig_sr, target_sr, quality="HQ")
+    length = resampled_length(len(waveform), orig_sr, target_sr)
+    if len(out) < length:
+        out = np.concatenate([out, np.zeros(length - len(out), out.dtype)])
+    return np.ascontiguousarray(out[:length], dtype=np.float32)
+
+
+def windowed_sinc_resample(waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLING_RATE) -> np.ndarray:
     """Band-limited resampling (Hann-windowed sinc, 6 zero crossings, cutoff 0.99 x the lower Nyquist rate), for any
-    pair of integer rates. Output length is ceil(len * target_sr / orig_sr)."""
+    pair of integer rates: the resampler of the tiny checkpoint's training data. Output length is ceil(len * target_sr
+    / orig_sr)."""
     if orig_sr == target_sr or waveform.size == 0:
         return waveform.astype(np.float32, copy=False)
     zero_crossings, rolloff = 6, 0.99
@@ -244,8 +343,53 @@ def resample_audio(waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLING
     return out.numpy().astype(np.float32)
 
 
-def _decode_audio_file(source, what: str) -> tuple[np.ndarray, int]:
-    """[samples, channels] float32 and the sampling rate, with soundfile (wav, flac, ogg, mp3) or else PyAV."""
+class AudioLimit:
+    """How much of one audio input is used: at most `max_samples` samples at 16 kHz. A longer input raises
+    `error(what, seconds, at_least)` (an exception, built by the caller: its class and message depend on the audio
+    path; `at_least` where the length was counted while decoding and decoding stopped at the limit), or with
+    `truncate=True` keeps its first `max_samples` samples. Files are checked from their header, before decoding, and
+    only the kept part (plus one second that the resampler's filter reads past the cut) is decoded."""
+
+    def __init__(self, max_samples: int, truncate: bool = False, error=None):
+        if max_samples < 1:
+            raise ValueError(f"max_samples must be >= 1, got {max_samples}.")
+        self.max_samples = int(max_samples)
+        self.truncate = truncate
+        self.error = error
+
+    @property
+    def seconds(self) -> float:
+        return self.max_samples / SAMPLING_RATE
+
+    def too_long(self, num_samples: int, rate: int) -> bool:
+        return resampled_length(num_samples, rate) > self.max_samples
+
+    def frames_to_read(self, rate: int) -> int:
+        """Frames at `rate` that give the kept samples exactly, with the resampler's look-ahead."""
+        if rate == SAMPLING_RATE:
+            return self.max_samples
+        return math.ceil(self.max_samples * rate / SAMPLING_RATE) + int(rate)
+
+    def refuse(self, seconds: float, what: str, at_least: bool = False):
+        if self.error is not None:
+            return self.error(what, seconds, at_least)
+        return MediaTooLargeError(
+            f"{what} lasts {'more than ' if at_least else ''}{seconds:.1f} s; at most {self.seconds:g} s are taken. "
+            f"Cut it to {self.seconds:g} s."
+        )
+
+
+def _mono(block: np.ndarray) -> np.ndarray:
+    """[samples, channels] float32 -> [samples], the channels averaged (librosa's `to_mono`)."""
+    if block.shape[1] == 1:
+        return np.ascontiguousarray(block[:, 0])
+    return block.mean(axis=1, dtype=np.float32)
+
+
+def _decode_audio_file(source, what: str, limit: AudioLimit | None = None) -> tuple[np.ndarray, int]:
+    """Mono float32 samples (channels averaged) and the sampling rate, with soundfile (wav, flac, ogg, mp3) or else
+    PyAV. With a `limit`, the duration in the file's header is checked before any sample is decoded, and at most the
+    frames the limit keeps (plus one, to tell a longer file) are decoded."""
     errors = []
     try:
         soundfile = importlib.import_module("soundfile")
@@ -253,22 +397,27 @@ def _decode_audio_file(source, what: str) -> tuple[np.ndarray, int]:
         soundfile = None
     if soundfile is not None:
         try:
-            if hasattr(source, "seek"):
-                source.seek(0)
-            data, rate = soundfile.read(source, dtype="float32", always_2d=True)
-            return data, int(rate)
+            _rewind(source)
+            opened = soundfile.SoundFile(source)
         except Exception as error:
             errors.append(f"soundfile: {error}")
+        else:
+            try:
+                with opened:
+                    return _read_with_soundfile(opened, what, limit)
+            except UniMoEProcessingError:
+                raise
+            except Exception as error:  # readable header, unreadable data: PyAV may still decode it
+                errors.append(f"soundfile: {error}")
     try:
         av = importlib.import_module("av")
     except ImportError:
         av = None
     if av is not None:
         try:
-            if hasattr(source, "seek"):
-                source.seek(0)
-            return _decode_audio_with_av(av, source)
-        except MediaDecodeError:
+            _rewind(source)
+            return _decode_audio_with_av(av, source, what, limit)
+        except UniMoEProcessingError:
             raise
         except Exception as error:
             errors.append(f"PyAV: {type(error).__name__}: {error}")
@@ -280,38 +429,106 @@ def _decode_audio_file(source, what: str) -> tuple[np.ndarray, int]:
     )
 
 
-def _decode_audio_with_av(av, source) -> tuple[np.ndarray, int]:
+def _check_file_rate(rate, what: str) -> int:
+    if not rate or not MIN_SAMPLING_RATE <= int(rate) <= MAX_SAMPLING_RATE:
+        raise MediaDecodeError(
+            f"The sampling rate of {what} is {rate} Hz (from its header); expected {MIN_SAMPLING_RATE}.."
+            f"{MAX_SAMPLING_RATE} Hz. Pass a regular audio file."
+        )
+    return int(rate)
+
+
+def _read_with_soundfile(opened, what: str, limit: AudioLimit | None) -> tuple[np.ndarray, int]:
+    rate = _check_file_rate(opened.samplerate, what)
+    frames = opened.frames if 0 <= opened.frames < _UNKNOWN_FRAMES else None
+    cap = None
+    if limit is not None:
+        if frames is not None and limit.too_long(frames, rate) and not limit.truncate:
+            raise limit.refuse(frames / rate, what)
+        cap = limit.frames_to_read(rate) + 1
+    block = 1 << 20  # frames per read: the channels are averaged block by block
+    pieces, count = [], 0
+    while cap is None or count < cap:
+        data = opened.read(block if cap is None else min(block, cap - count), dtype="float32", always_2d=True)
+        if not len(data):
+            break
+        pieces.append(_mono(data))
+        count += len(data)
+    return _finish_decoded(pieces, rate, frames, what, limit)
+
+
+def _finish_decoded(pieces, rate: int, frames, what: str, limit: AudioLimit | None) -> tuple[np.ndarray, int]:
+    wave = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    if limit is not None and limit.too_long(len(wave), rate):
+        if not limit.truncate:  # the header understated the length (or had none): decoding stopped at the limit
+            raise limit.refuse(len(wave) / rate, what, at_least=True)
+        total = frames / rate if frames is not None else None
+        logger.warning(
+            f"{what} lasts {f'{total:.1f} s' if total is not None else f'more than {limit.seconds:g} s'}: only its "
+            f"first {limit.seconds:g} s are used (truncate_sound=True)."
+        )
+    return wave, rate
+
+
+def _decode_audio_with_av(av, source, what: str, limit: AudioLimit | None) -> tuple[np.ndarray, int]:
     with av.open(source) as container:
         if not container.streams.audio:
             raise ValueError("the file has no audio stream")
         stream = container.streams.audio[0]
+        rate = _check_file_rate(stream.rate, what)
+        seconds = None
+        if stream.duration is not None and stream.time_base is not None:
+            seconds = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            seconds = container.duration / 1_000_000  # AV_TIME_BASE
+        frames = None if seconds is None else int(round(seconds * rate))
+        cap = None
+        if limit is not None:
+            if frames is not None and limit.too_long(frames, rate) and not limit.truncate:
+                raise limit.refuse(seconds, what)
+            cap = limit.frames_to_read(rate) + 1
         converter = av.AudioResampler(format="fltp")  # planar float32, native layout and rate
-        chunks, rate = [], stream.rate
+        pieces, count = [], 0
+
+        def keep(converted):
+            nonlocal count, rate
+            samples = converted.to_ndarray()  # [channels, samples]
+            pieces.append(_mono(samples.T.astype(np.float32, copy=False)))
+            count += samples.shape[1]
+            rate = converted.sample_rate
+
         for frame in container.decode(stream):
             for converted in converter.resample(frame):
-                chunks.append(converted.to_ndarray())  # [channels, samples]
-                rate = converted.sample_rate
-        for converted in converter.resample(None):
-            chunks.append(converted.to_ndarray())
-    if not chunks or rate is None:
-        return np.zeros((0, 1), np.float32), int(rate or SAMPLING_RATE)
-    return np.concatenate(chunks, axis=1).T.astype(np.float32), int(rate)
+                keep(converted)
+            if cap is not None and count >= cap:
+                break
+        else:
+            for converted in converter.resample(None):
+                keep(converted)
+    return _finish_decoded(pieces, int(rate), frames, what, limit)
 
 
-def load_audio(audio, sampling_rate: int | None = None, what: str = "audio") -> np.ndarray:
+def load_audio(
+    audio,
+    sampling_rate: int | None = None,
+    what: str = "audio",
+    limit: AudioLimit | None = None,
+    resampler: str = "soxr_hq",
+) -> np.ndarray:
     """A mono float32 waveform at 16 kHz from a 1-D array / tensor / list (at `sampling_rate`, 16 kHz if None), a
     2-D [channels, samples] or [samples, channels] array (averaged to mono), a `{"array", "sampling_rate"}` dict, a
-    file path, URL or bytes (decoded at the file's rate). Integer PCM is scaled to [-1, 1). Raises
-    `MediaDecodeError` / `EmptyAudioError` naming `what`."""
+    file path, URL or bytes (decoded at the file's rate). Integer PCM is scaled to [-1, 1). Resampled with
+    `resample_audio` (`resampler`: its `method`). With a `limit`, a longer input is refused (files: from their header,
+    before decoding) or, with `limit.truncate`, cut to `limit.max_samples`. Raises `MediaDecodeError` /
+    `EmptyAudioError` naming `what`."""
     if isinstance(audio, dict):
         array = audio.get("array", audio.get("raw"))
         if array is None:
             source = audio.get("path") or audio.get("bytes") or audio.get("url") or audio.get("audio")
-            return load_audio(source, audio.get("sampling_rate", sampling_rate), what)
+            return load_audio(source, audio.get("sampling_rate", sampling_rate), what, limit, resampler)
         audio, sampling_rate = array, audio.get("sampling_rate", sampling_rate)
     if _is_path_like(audio) or isinstance(audio, (bytes, bytearray)):
-        data, rate = _decode_audio_file(_open_source(audio, what), f"{what} ({_describe(audio)})")
-        array, sampling_rate = data.T, rate  # [channels, samples]
+        array, sampling_rate = _decode_audio_file(_open_source(audio, what), f"{what} ({_describe(audio)})", limit)
     elif isinstance(audio, (np.ndarray, torch.Tensor, list, tuple)):
         if isinstance(audio, torch.Tensor):
             audio = audio.detach().cpu().float().numpy()
@@ -337,6 +554,7 @@ def load_audio(audio, sampling_rate: int | None = None, what: str = "audio") -> 
         raise MediaDecodeError(
             f"The sampling rate of {what} is {sampling_rate} Hz; expected {MIN_SAMPLING_RATE}..{MAX_SAMPLING_RATE} Hz."
         )
+    sampling_rate = int(sampling_rate)
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
         raise MediaDecodeError(f"{what} has dtype {array.dtype}; expected a numeric waveform.")
     if np.iscomplexobj(array):
@@ -352,15 +570,66 @@ def load_audio(audio, sampling_rate: int | None = None, what: str = "audio") -> 
         array = array.mean(axis=0 if array.shape[0] <= array.shape[1] else 1)
     elif array.ndim != 1:
         raise MediaDecodeError(f"{what} has shape {array.shape}; expected a 1-D waveform (or [channels, samples]).")
+    if limit is not None and limit.too_long(len(array), sampling_rate):
+        if not limit.truncate:
+            raise limit.refuse(len(array) / sampling_rate, what)
+        array = array[: limit.frames_to_read(sampling_rate)]
     if np.issubdtype(array.dtype, np.integer):
         info = np.iinfo(array.dtype)
         array = array.astype(np.float64) / float(-info.min if info.min < 0 else info.max)
     array = array.astype(np.float32)
     if not np.isfinite(array).all():
         raise MediaDecodeError(f"{what} contains NaN or infinite samples; expected a finite waveform.")
-    return resample_audio(array, int(sampling_rate), SAMPLING_RATE)
+    wave = resample_audio(array, sampling_rate, SAMPLING_RATE, resampler)
+    if limit is not None and len(wave) > limit.max_samples:  # truncate=True (a longer input was refused above)
+        wave = wave[: limit.max_samples]
+    return wave
 
 
+def audio_chunks(
+    wave: np.ndarray, chunk_samples: int, stride: int | None = None, padding: str = "zeros"
+) -> tuple[np.ndarray, list[int]]:
+    """Cut a 16 kHz waveform into model chunks, for both audio paths: chunk k holds samples [k * stride, k * stride +
+    chunk_samples), `stride` defaulting to `chunk_samples`; there are ceil(len / stride) chunks (at least one). The
+    original speech path cuts 480,001-sample pieces and keeps 480,000 of each (stride 480,001), its sound path cuts
+    480,000-sample chunks. A chunk shorter than `chunk_samples` is padded with zeros (`padding="zeros"`, as Whisper
+    pads) or by repeating its last sample (`"last_sample"`, the original's BEATs path).
+
+    Returns the chunks [chunks, chunk_samples] float32 and the number of real samples in each."""
+    if padding not in SOUND_CHUNK_PADDINGS:
+        raise ValueError(f"padding must be one of {SOUND_CHUNK_PADDINGS}, got {padding!r}.")
+    stride = int(stride or chunk_samples)
+    count = max(1, math.ceil(len(wave) / stride))
+    chunks = np.zeros((count, chunk_samples), np.float32)
+    real = []
+    for index in range(count):
+        piece = wave[index * stride : index * stride + chunk_samples]
+        chunks[index, : len(piece)] = piece
+        if padding == "last_sample" and 0 < len(piece) < chunk_samples:
+            chunks[index, len(piece) :] = piece[-1]
+        real.append(len(piece))
+    return chunks, real
+
+
+def num_audio_chunks(num_samples: int, chunk_samples: int, stride: int | None = None) -> int:
+    """The number of chunks `audio_chunks` cuts `num_samples` samples into."""
+    return max(1, math.ceil(num_samples / int(stride or chunk_samples)))
+
+
+def too_many_chunks_message(
+    what: str, seconds: float, chunks: int, chunk_samples: int, max_chunks: int, at_least: bool = False
+) -> str:
+    chunk, most = chunk_samples / SAMPLING_RATE, max_chunks * chunk_samples / SAMPLING_RATE
+    more, least = ("more than ", "at least ") if at_least else ("", "")
+    return (
+        f"{what} lasts {more}{seconds:.1f} s, i.e. {least}{chunks} chunks of {chunk:g} s, but the sound path takes at "
+        f"most {max_chunks} chunks ({most:g} s). Cut it, or pass `truncate_sound=True` to keep its first {most:g} s. "
+        f"(The original Uni-MoE keeps the first {ORIGINAL_MAX_SOUND_CHUNKS} chunks, {ORIGINAL_MAX_SOUND_CHUNKS * 30} "
+        "s, of a longer sound and drops the rest without a word; this processor asks first.)"
+    )
+
+
+# --- video ------------------------------------------------------------------------------------------------------------
 def sample_frame_indices(total: int, num_frames: int) -> list[int]:
     """The reference's uniform sampling: every `total // num_frames`-th frame from frame 0 (needs total >= num_frames)."""
     step = total // num_frames
@@ -383,12 +652,22 @@ def _short_video_indices(total: int, num_frames: int, short_video: str, what: st
     )
 
 
-def _decode_video_file(source, num_frames: int, short_video: str, what: str) -> list[Image.Image]:
+def _too_many_frames(what: str, frames: int, max_frames: int, counted: bool, estimated: bool = False):
+    source = "counted while decoding" if counted else "from its header, before decoding"
+    amount = "more than " if counted else "about " if estimated else ""
+    return MediaTooLargeError(
+        f"{what} has {amount}{frames:,} frames ({source}); the processor takes videos of at "
+        f"most {max_frames:,} frames (`max_video_frames`), of which the model samples only a few. Cut the video, "
+        "or raise `max_video_frames` on the processor."
+    )
+
+
+def _decode_video_file(source, num_frames: int, short_video: str, what: str, max_frames: int | None = None,
+                       max_pixels: int | None = None) -> list[Image.Image]:  # fmt: skip
     av = _optional_module("av", "Decoding video files")
 
     def open_stream():
-        if hasattr(source, "seek"):
-            source.seek(0)
+        _rewind(source)
         container = av.open(source)
         if not container.streams.video:
             container.close()
@@ -398,24 +677,40 @@ def _decode_video_file(source, num_frames: int, short_video: str, what: str) -> 
         return container, stream
 
     def decode(wanted: set[int]) -> tuple[dict[int, Image.Image], int]:
-        """The wanted frames (all frames are counted when `wanted` is empty) and the number of frames decoded."""
+        """The wanted frames (all frames are counted when `wanted` is empty) and the number of frames decoded. Only
+        the wanted frames are converted to images, and decoding stops after the last of them."""
         container, stream = open_stream()
         frames, count, last = {}, 0, max(wanted) if wanted else None
         try:
             for frame in container.decode(stream):
                 if count in wanted:
+                    _check_pixels(frame.width, frame.height, max_pixels, f"frame {count} of {what}")
                     frames[count] = frame.to_image()
                 count += 1
                 if last is not None and count > last:
                     break
+                if max_frames is not None and count > max_frames:
+                    raise _too_many_frames(what, max_frames, max_frames, counted=True)
         finally:
             container.close()
         return frames, count
 
     try:
         container, stream = open_stream()
-        total = int(stream.frames or 0)
-        container.close()
+        try:
+            total = int(stream.frames or 0)
+            estimate = total  # without a frame count: the duration times the frame rate
+            if total <= 0 and stream.average_rate:
+                if stream.duration and stream.time_base:
+                    estimate = int(float(stream.duration * stream.time_base * stream.average_rate))
+                elif container.duration:
+                    estimate = int(container.duration / 1_000_000 * float(stream.average_rate))  # AV_TIME_BASE
+            width, height = stream.codec_context.width, stream.codec_context.height
+        finally:
+            container.close()
+        _check_pixels(width or 0, height or 0, max_pixels, what)
+        if max_frames is not None and estimate > max_frames:
+            raise _too_many_frames(what, estimate, max_frames, counted=False, estimated=total <= 0)
         if total <= 0:  # no frame count in the container: count by decoding
             _, total = decode(set())
         indices = _short_video_indices(total, num_frames, short_video, what)
@@ -435,16 +730,21 @@ def _decode_video_file(source, num_frames: int, short_video: str, what: str) -> 
     return [frames[i] for i in indices]
 
 
-def load_video(video, num_frames: int, short_video: str = "error", what: str = "video") -> list[Image.Image]:
+def load_video(video, num_frames: int, short_video: str = "error", what: str = "video",
+               max_frames: int | None = MAX_VIDEO_FRAMES, max_pixels: int | None = MAX_IMAGE_PIXELS
+               ) -> list[Image.Image]:  # fmt: skip
     """`num_frames` RGB frames sampled uniformly as in the reference (every total // num_frames-th frame from 0) from
     a video file path / URL / bytes (decoded with PyAV), a list of frames (anything `load_image` reads) or a 4-D
-    array / tensor [frames, H, W, C] or [frames, C, H, W]."""
+    array / tensor [frames, H, W, C] or [frames, C, H, W]. A file of more than `max_frames` frames or `max_pixels`
+    pixels per frame raises `MediaTooLargeError` (from its header where it has them, before decoding)."""
     if short_video not in ("error", "repeat"):
         raise UniMoEProcessingError(f"`short_video` must be 'error' or 'repeat', got {short_video!r}.")
     if isinstance(video, dict):
         video = video.get("path") or video.get("bytes") or video.get("url") or video.get("video")
     if _is_path_like(video) or isinstance(video, (bytes, bytearray)):
-        return _decode_video_file(_open_source(video, what), num_frames, short_video, f"{what} ({_describe(video)})")
+        return _decode_video_file(
+            _open_source(video, what), num_frames, short_video, f"{what} ({_describe(video)})", max_frames, max_pixels
+        )
     if isinstance(video, (np.ndarray, torch.Tensor)):
         if video.ndim != 4:
             raise MediaDecodeError(
@@ -459,7 +759,7 @@ def load_video(video, num_frames: int, short_video: str = "error", what: str = "
             f"{what} is a {type(video).__name__}; expected a video file path / URL, a list of frames or a 4-D array."
         )
     indices = _short_video_indices(len(frames), num_frames, short_video, what)
-    loaded = {i: load_image(frames[i], f"frame {i} of {what}") for i in sorted(set(indices))}
+    loaded = {i: load_image(frames[i], f"frame {i} of {what}", max_pixels) for i in sorted(set(indices))}
     return [loaded[i] for i in indices]
 
 
@@ -515,31 +815,36 @@ def _cached_mel_banks(num_mel_bins: int) -> torch.Tensor:
 
 
 class UniMoEBEATsFeatureExtractor(SequenceFeatureExtractor):
-    r"""BEATs inputs for Uni-MoE's sound path: 16 kHz audio cut into chunks of `chunk_samples` (30 s: 480,000 samples,
-    the last zero-padded), each turned into a 128-bin kaldi fbank of `waveform * 2**15` (2998 frames per 30 s).
+    r"""BEATs inputs for Uni-MoE's sound path: 16 kHz audio cut into chunks of `chunk_samples` (30 s: 480,000 samples;
+    the last padded with zeros, or by repeating its last sample with `chunk_padding="last_sample"` as the original
+    does), each turned into a 128-bin kaldi fbank of `waveform * 2**15` (2998 frames per 30 s).
     The fbank is NOT normalised: the model's BEATs applies (fbank - 15.41663) / (2 * 6.55582) itself.
 
     Returns `sound_features` [chunks, 2998, 128], `sound_features_mask` [chunks, 2998] (1 = frame of real audio: a
     frame is padding when all 160 samples of its hop are padding, as the original BEATs' sample-mask downsampling
     gives) and `sound_chunks` (chunks per input). A sound longer than `max_chunks` chunks raises
-    `TooManyChunksError`, or keeps its first `max_chunks` chunks when called with `truncation=True`.
+    `TooManyChunksError`, or keeps its first `max_chunks` chunks when called with `truncation=True` (what the
+    original does, without a word, at 20 chunks).
     """
 
     model_input_names = ["sound_features", "sound_features_mask"]
 
     def __init__(self, feature_size=128, sampling_rate=SAMPLING_RATE, padding_value=0.0, chunk_samples=CHUNK_SAMPLES,
-                 max_chunks=20, waveform_scale=2**15, **kwargs):  # fmt: skip
+                 max_chunks=ORIGINAL_MAX_SOUND_CHUNKS, waveform_scale=2**15, chunk_padding="zeros", **kwargs):  # fmt: skip
         super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
+        if chunk_padding not in SOUND_CHUNK_PADDINGS:
+            raise ValueError(f"chunk_padding must be one of {SOUND_CHUNK_PADDINGS}, got {chunk_padding!r}.")
         self.chunk_samples = chunk_samples
         self.max_chunks = max_chunks
         self.waveform_scale = waveform_scale
+        self.chunk_padding = chunk_padding
 
     @property
     def frames_per_chunk(self) -> int:
         return 1 + (self.chunk_samples - 400) // 160
 
     def num_chunks(self, num_samples: int) -> int:
-        return max(1, math.ceil(num_samples / self.chunk_samples))
+        return num_audio_chunks(num_samples, self.chunk_samples)
 
     def __call__(self, raw_audio, sampling_rate=None, truncation=False, return_tensors=None, **kwargs):
         if sampling_rate is not None and sampling_rate != self.sampling_rate:
@@ -552,34 +857,29 @@ class UniMoEBEATsFeatureExtractor(SequenceFeatureExtractor):
         banks = _cached_mel_banks(self.feature_size)
         features, masks, counts = [], [], []
         for index, wave in enumerate(raw_audio):
-            wave = torch.as_tensor(np.asarray(wave, dtype=np.float32))
-            if wave.ndim != 1 or wave.numel() == 0:
+            wave = np.asarray(wave, dtype=np.float32)
+            if wave.ndim != 1 or wave.size == 0:
                 raise EmptyAudioError(
                     f"Sound {index} has shape {tuple(wave.shape)}; expected a non-empty 1-D waveform."
                 )
-            chunks = self.num_chunks(wave.numel())
+            chunks = self.num_chunks(wave.size)
             if chunks > self.max_chunks:
-                seconds = wave.numel() / self.sampling_rate
+                seconds = wave.size / self.sampling_rate
                 if not truncation:
-                    chunk, most = self.chunk_samples / self.sampling_rate, self.max_chunks * self.chunk_samples
                     raise TooManyChunksError(
-                        f"Sound {index} lasts {seconds:.1f} s, i.e. {chunks} chunks of {chunk:g} s, but the sound path "
-                        f"takes at most {self.max_chunks} chunks ({most / self.sampling_rate:g} s). Cut it, or pass "
-                        f"`truncate_sound=True` to keep its first {most / self.sampling_rate:g} s."
+                        too_many_chunks_message(f"Sound {index}", seconds, chunks, self.chunk_samples, self.max_chunks)
                     )
                 logger.warning(
                     f"Sound {index} ({seconds:.1f} s) is truncated to its first "
                     f"{self.max_chunks * self.chunk_samples / self.sampling_rate:g} s."
                 )
-                chunks, wave = self.max_chunks, wave[: self.max_chunks * self.chunk_samples]
-            counts.append(chunks)
-            for start in range(0, chunks * self.chunk_samples, self.chunk_samples):
-                piece = wave[start : start + self.chunk_samples]
-                real = piece.numel()
-                piece = torch.nn.functional.pad(piece, (0, self.chunk_samples - real))
-                features.append(kaldi_fbank(piece * self.waveform_scale, self.feature_size, banks))
+                wave = wave[: self.max_chunks * self.chunk_samples]
+            pieces, real = audio_chunks(wave, self.chunk_samples, padding=self.chunk_padding)
+            counts.append(len(pieces))
+            for piece, length in zip(pieces, real, strict=True):
+                features.append(kaldi_fbank(torch.from_numpy(piece) * self.waveform_scale, self.feature_size, banks))
                 mask = torch.zeros(self.frames_per_chunk, dtype=torch.long)
-                mask[: min(self.frames_per_chunk, math.ceil(real / 160))] = 1
+                mask[: min(self.frames_per_chunk, math.ceil(length / 160))] = 1
                 masks.append(mask)
         data = {
             "sound_features": torch.stack(features).numpy(),
@@ -718,10 +1018,27 @@ class UniMoEProcessor(ProcessorMixin):
         num_video_frames (`int`): frames sampled per video.
         num_speech_query_tokens (`int`, *optional*): tokens per audio chunk of speech (None: no speech tower).
         num_sound_query_tokens (`int`, *optional*): tokens per audio chunk of sound (None: no sound tower).
-        max_sound_chunks (`int`): most chunks per sound. Longer sounds raise `TooManyChunksError` unless the call
-            passes `truncate_sound=True`, which keeps the first `max_sound_chunks` chunks.
+        max_sound_chunks (`int`): most chunks per sound. Longer sounds raise `TooManyChunksError` (from a file's
+            header, before decoding) unless the call passes `truncate_sound=True`, which keeps the first
+            `max_sound_chunks` chunks (the original keeps the first 20 without a word).
         context_length (`int`, *optional*): the model's context (max_position_embeddings); longer prompts raise
-            `PromptTooLongError` unless the call asks for truncation (`truncation=True`, `max_length=`).
+            `PromptTooLongError` unless the call asks for truncation (`truncation=True`, `max_length=`), which drops
+            the earliest text (never media, never the end of the prompt). It also bounds one speech input: audio
+            longer than the context holds is refused from the file's header, before decoding.
+        tokenize_text_pieces (`bool`, default False): tokenize the text between placeholders piece by piece, as the
+            original Uni-MoE did (each piece then starts with a SentencePiece tokenizer's dummy prefix "▁"; the
+            released models were trained so). False tokenizes the whole prompt at once (the tiny model's way).
+        speech_chunk_stride (`int`, *optional*): samples from one speech chunk's start to the next; None: the chunk
+            length. The original cuts 480,001-sample pieces and Whisper keeps 480,000 of each (stride 480,001).
+        sound_chunk_padding (`"zeros"` or `"last_sample"`): how the last sound chunk is padded to the chunk length;
+            the original repeats the last sample.
+        max_image_pixels (`int`, *optional*): most pixels of an image file or a video frame (checked from the
+            header, before decoding). None: no limit.
+        max_video_frames (`int`, *optional*): most frames of a video file (from the header where it has them,
+            before decoding). None: no limit.
+        resampler (`"soxr_hq"` or `"windowed_sinc"`): how audio not at 16 kHz is resampled: python-soxr at high
+            quality, as the original (librosa's default), or the windowed-sinc resampler the tiny checkpoint's
+            training data went through.
     """
 
     if not _SUB_PROCESSORS_FROM_SIGNATURE:  # transformers 4.x
@@ -752,8 +1069,14 @@ class UniMoEProcessor(ProcessorMixin):
         num_video_frames=8,
         num_speech_query_tokens=None,
         num_sound_query_tokens=None,
-        max_sound_chunks=20,
+        max_sound_chunks=ORIGINAL_MAX_SOUND_CHUNKS,
         context_length=None,
+        tokenize_text_pieces=False,
+        speech_chunk_stride=None,
+        sound_chunk_padding="zeros",
+        max_image_pixels=MAX_IMAGE_PIXELS,
+        max_video_frames=MAX_VIDEO_FRAMES,
+        resampler="soxr_hq",
     ):
         if tokenizer is None:
             raise ValueError("UniMoEProcessor needs a tokenizer.")
@@ -767,6 +1090,12 @@ class UniMoEProcessor(ProcessorMixin):
         self.num_sound_query_tokens = num_sound_query_tokens
         self.max_sound_chunks = max_sound_chunks
         self.context_length = context_length
+        self.tokenize_text_pieces = bool(tokenize_text_pieces)
+        self.speech_chunk_stride = speech_chunk_stride
+        self.sound_chunk_padding = sound_chunk_padding
+        self.max_image_pixels = max_image_pixels
+        self.max_video_frames = max_video_frames
+        self.resampler = resampler
         self.image_token, self.video_token = image_token, video_token
         self.audio_token, self.sound_token = audio_token, sound_token
         if sound_token is not None and num_sound_query_tokens and not num_speech_query_tokens:
@@ -778,10 +1107,21 @@ class UniMoEProcessor(ProcessorMixin):
             raise ValueError(
                 f"num_video_frames ({num_video_frames}) and max_sound_chunks ({max_sound_chunks}) must be >= 1."
             )
+        if sound_chunk_padding not in SOUND_CHUNK_PADDINGS:
+            raise ValueError(
+                f"sound_chunk_padding must be one of {SOUND_CHUNK_PADDINGS}, got {sound_chunk_padding!r}."
+            )
+        if resampler not in RESAMPLERS:
+            raise ValueError(f"resampler must be one of {RESAMPLERS}, got {resampler!r}.")
+        if speech_chunk_stride is not None and speech_chunk_stride < 1:
+            raise ValueError(f"speech_chunk_stride must be None or >= 1, got {speech_chunk_stride}.")
+        for name, value in (("max_image_pixels", max_image_pixels), ("max_video_frames", max_video_frames)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be None (no limit) or >= 1, got {value}.")
         super().__init__(image_processor, feature_extractor, tokenizer, chat_template=chat_template)
         # built from the init kwargs (not a saved sub-processor): BEATs' fbank has no settings of its own
         self.sound_feature_extractor = UniMoEBEATsFeatureExtractor(
-            chunk_samples=feature_extractor.n_samples, max_chunks=max_sound_chunks
+            chunk_samples=feature_extractor.n_samples, max_chunks=max_sound_chunks, chunk_padding=sound_chunk_padding
         )
         # placeholder kind -> (text token, token id, tokens per item or per chunk)
         self._placeholders = {}
@@ -904,10 +1244,17 @@ class UniMoEProcessor(ProcessorMixin):
             sound: the same, for `<sound>` (models with both a speech and a sound tower).
             sampling_rate (`int`, *optional*): rate of the raw arrays in `audio` / `sound` (16000 if not given).
             return_tensors (`str`, *optional*): "pt" or "np".
-            padding, truncation, max_length, padding_side, add_special_tokens, return_offsets_mapping, ...:
-                passed to the tokenizer. Truncation that would cut media placeholders raises `PromptTooLongError`.
+            padding (`bool` or `str`): `True` / `"longest"` pads the batch to its longest sample, `"max_length"` to
+                `max_length`; needed for `return_tensors` when the samples' lengths differ. With `apply_chat_template`
+                pass it as `processor_kwargs={"padding": True}`.
+            truncation (`bool`), max_length (`int`): truncation cuts a sample to `max_length` tokens (the model's
+                context when not given) by dropping its earliest text tokens: media placeholders and the tokenizer's
+                special tokens are never dropped, so the end of the prompt (the question and `ASSISTANT:`) is kept. A
+                sample whose media alone do not fit raises `PromptTooLongError`.
+            pad_to_multiple_of, padding_side, add_special_tokens, return_offsets_mapping, return_special_tokens_mask,
+                return_token_type_ids, return_length: as for the tokenizer.
             truncate_sound (`bool`, default False): keep the first `max_sound_chunks` chunks of longer sounds instead
-                of raising `TooManyChunksError`.
+                of raising `TooManyChunksError` (only that part of a file is decoded).
             short_video (`"error"` or `"repeat"`, default "error"): what to do with videos shorter than
                 `num_video_frames` frames.
             images_kwargs (`dict`, *optional*): passed to the image processor.
@@ -945,14 +1292,17 @@ class UniMoEProcessor(ProcessorMixin):
 
         data, replacements = {}, {}
         if given["image"][0]:
-            pil = [load_image(item, f"image {i}") for i, item in enumerate(given["image"][0])]
+            pil = [load_image(item, f"image {i}", self.max_image_pixels) for i, item in enumerate(given["image"][0])]
             pixel_values = self.image_processor(images=pil, return_tensors="np", **images_kwargs)["pixel_values"]
             data["pixel_values"] = np.asarray(pixel_values, dtype=np.float32)
             replacements["image"] = [self.image_seq_length] * len(pil)
         if given["video"][0]:
             frames = []
             for i, item in enumerate(given["video"][0]):
-                frames += load_video(item, self.num_video_frames, options.get("short_video", "error"), f"video {i}")
+                frames += load_video(
+                    item, self.num_video_frames, options.get("short_video", "error"), f"video {i}",
+                    self.max_video_frames, self.max_image_pixels,
+                )  # fmt: skip
             pixel_values = self.image_processor(images=frames, return_tensors="np", **images_kwargs)["pixel_values"]
             pixel_values = np.asarray(pixel_values, dtype=np.float32)
             data["pixel_values_videos"] = pixel_values.reshape(
@@ -961,12 +1311,16 @@ class UniMoEProcessor(ProcessorMixin):
             replacements["video"] = [self.image_seq_length] * len(given["video"][0])
         # `<audio>` feeds Whisper, or BEATs in a model without a speech tower (then `sound=` is refused above)
         sound_kind = "audio" if self.audio_path == "sound" else "sound"
+        truncate_sound = bool(options.get("truncate_sound", False))
         for kind in ("audio", "sound"):
             if not given[kind][0]:
                 continue
-            waves = [load_audio(item, sampling_rate, f"{kind} {i}") for i, item in enumerate(given[kind][0])]
+            waves = []
+            for i, item in enumerate(given[kind][0]):
+                limit = self._audio_limit(kind == sound_kind, truncate_sound)
+                waves.append(load_audio(item, sampling_rate, f"{kind} {i}", limit, self.resampler))
             if kind == sound_kind:
-                out = self.sound_feature_extractor(waves, truncation=bool(options.get("truncate_sound", False)))
+                out = self.sound_feature_extractor(waves, truncation=truncate_sound)
                 data["sound_features"] = out["sound_features"]
                 data["sound_features_mask"] = out["sound_features_mask"]
                 replacements[kind] = [n * self.num_sound_query_tokens for n in out["sound_chunks"]]
@@ -975,17 +1329,11 @@ class UniMoEProcessor(ProcessorMixin):
                 replacements[kind] = [n * self.num_speech_query_tokens for n in chunks]
 
         expanded, offsets = self._expand(texts, replacements)
-        want_offsets = bool(text_kwargs.get("return_offsets_mapping"))
-        encoding = self.tokenizer(expanded, **text_kwargs)
-        input_ids = [list(ids) for ids in encoding["input_ids"]]
-        self._check_lengths(expanded, encoding, text_kwargs)
-
-        out = {"input_ids": input_ids, "attention_mask": [list(m) for m in encoding["attention_mask"]]}
-        for key in ("offset_mapping", "token_type_ids", "special_tokens_mask", "length"):
-            if key in encoding and (key != "offset_mapping" or want_offsets):
-                out[key] = encoding[key]
+        rows = self._truncate(self._encode_texts(expanded, text_kwargs), text_kwargs)
+        self._check_context(rows)
+        out = self._pad(rows, text_kwargs)
         if options.get("return_mm_token_type_ids"):
-            out["mm_token_type_ids"] = self._mm_token_type_ids(input_ids)
+            out["mm_token_type_ids"] = self._mm_token_type_ids(out["input_ids"])
         tensors = {key: _to_tensor(value, return_tensors, key) for key, value in {**out, **data}.items()}
         if options.get("return_text_replacement_offsets"):
             tensors["text_replacement_offsets"] = offsets
@@ -1023,16 +1371,49 @@ class UniMoEProcessor(ProcessorMixin):
         return rows
 
     def _speech_features(self, waves):
+        """Whisper log-mel features of every chunk (`audio_chunks` with `speech_chunk_stride`), and the chunks per
+        waveform."""
         chunks, counts = [], []
         for wave in waves:
-            size = self.feature_extractor.n_samples
-            pieces = [wave[start : start + size] for start in range(0, len(wave), size)]
-            chunks += pieces
+            pieces, _ = audio_chunks(wave, self.feature_extractor.n_samples, self.speech_chunk_stride)
+            chunks += list(pieces)
             counts.append(len(pieces))
         features = self.feature_extractor(
             chunks, sampling_rate=SAMPLING_RATE, padding="max_length", return_tensors="np"
         )["input_features"]
         return np.asarray(features, dtype=np.float32), counts  # [chunks, mels, 3000]
+
+    def _audio_limit(self, sound_path: bool, truncate: bool) -> AudioLimit | None:
+        """How much of one audio input the call takes: `max_sound_chunks` chunks on the sound path; on the speech
+        path, the chunks the model's context holds (None where the context is unknown)."""
+        chunk = self.feature_extractor.n_samples
+        if sound_path:
+
+            def error(what, seconds, at_least):
+                chunks = num_audio_chunks(round(seconds * SAMPLING_RATE), chunk)
+                return TooManyChunksError(
+                    too_many_chunks_message(what, seconds, chunks, chunk, self.max_sound_chunks, at_least)
+                )
+
+            return AudioLimit(self.max_sound_chunks * chunk, truncate, error)
+        context, per_chunk = self._context_limit(), self.num_speech_query_tokens
+        if not context or not per_chunk:
+            return None
+        stride = self.speech_chunk_stride or chunk
+        most = max(1, context // per_chunk)
+
+        def error(what, seconds, at_least):
+            chunks = num_audio_chunks(round(seconds * SAMPLING_RATE), chunk, stride)
+            more, least = ("more than ", "at least ") if at_least else ("", "")
+            return PromptTooLongError(
+                f"{what} lasts {more}{seconds:.1f} s: {least}{chunks} chunks of {chunk / SAMPLING_RATE:g} s at "
+                f"{per_chunk} tokens each, {least}{chunks * per_chunk} tokens, more than the model's context of "
+                f"{context} tokens, which holds "
+                f"at most {most} chunks ({most * stride / SAMPLING_RATE:g} s) of speech. Cut the audio (to less than "
+                f"that, as the prompt's text and other media take tokens too), or split it over several questions."
+            )
+
+        return AudioLimit(most * stride, False, error)
 
     def _count(self, sample: str) -> dict[str, int]:
         counts = dict.fromkeys(self._placeholders, 0)
@@ -1113,24 +1494,164 @@ class UniMoEProcessor(ProcessorMixin):
             offsets.append(sample_offsets)
         return expanded, offsets
 
+    def _special_affixes(self) -> tuple[list[int], list[int]]:
+        """The ids the tokenizer adds before and after a text (LLaMA: [<s>] and [])."""
+        bare = self.tokenizer.encode("a", add_special_tokens=False)
+        full = self.tokenizer.encode("a", add_special_tokens=True)
+        for start in range(len(full) - len(bare) + 1):
+            if full[start : start + len(bare)] == bare:
+                return full[:start], full[start + len(bare) :]
+        return [], []
+
+    def _space_prefix(self) -> str:
+        """What to put before a text piece that starts with a space so that the tokenizer gives it SentencePiece's
+        dummy prefix: "▁" for a Metaspace tokenizer that does not prefix such a text (a converted LLaMA tokenizer:
+        " z" and "z" tokenize alike, where SentencePiece gives " z" an extra "▁"), else nothing."""
+        plain = self.tokenizer.encode("z", add_special_tokens=False)
+        spaced = self.tokenizer.encode(" z", add_special_tokens=False)
+        first = self.tokenizer.convert_ids_to_tokens(plain[:1])
+        return "▁" if first and first[0].startswith("▁") and spaced == plain else ""
+
+    def _encode_texts(self, texts, text_kwargs) -> list[dict]:
+        """Per text, its token ids and (when asked) offsets, special-tokens mask and token type ids, as lists, neither
+        truncated nor padded, and `protected`: the positions truncation keeps (the tokenizer's added special tokens
+        and the placeholders).
+
+        With `tokenize_text_pieces`, the text between placeholders is tokenized piece by piece (each piece on its own,
+        without special tokens) and the placeholders and the tokenizer's added special tokens are put around them:
+        the original's `tokenizer_image_audio_video_token` (a piece gets the dummy prefix "▁" of a SentencePiece
+        tokenizer, also where it starts with a space). Else the whole text is tokenized at once."""
+        add_special_tokens = text_kwargs.get("add_special_tokens", True)
+        asked = {
+            key: text_kwargs[key]
+            for key in ("return_offsets_mapping", "return_special_tokens_mask", "return_token_type_ids")
+            if text_kwargs.get(key) is not None
+        }
+        prefix, suffix = self._special_affixes() if add_special_tokens else ([], [])
+        placeholder_ids = {entry[1] for entry in self._placeholders.values()}
+        if not self.tokenize_text_pieces:
+            encoding = self.tokenizer(list(texts), add_special_tokens=add_special_tokens, verbose=False, **asked)
+            keys = [
+                k for k in ("input_ids", "offset_mapping", "token_type_ids", "special_tokens_mask") if k in encoding
+            ]
+            rows = []
+            for index in range(len(texts)):
+                row = {key: list(encoding[key][index]) for key in keys}
+                ids = row["input_ids"]
+                head = len(prefix) if ids[: len(prefix)] == prefix else 0
+                tail = (
+                    len(suffix) if suffix and len(ids) - head >= len(suffix) and ids[-len(suffix) :] == suffix else 0
+                )
+                row["protected"] = [
+                    position < head or position >= len(ids) - tail or token in placeholder_ids
+                    for position, token in enumerate(ids)
+                ]
+                rows.append(row)
+            return rows
+
+        asked.setdefault("return_token_type_ids", "token_type_ids" in self.tokenizer.model_input_names)
+        layouts, segments = [], []
+        for text in texts:
+            parts, last = [], 0  # ("text", start, segment index) or ("token", start, end, token id)
+            matches = self._placeholder_pattern.finditer(text) if self._placeholder_pattern is not None else ()
+            for match in matches:
+                if match.start() > last:
+                    parts.append(("text", last, len(segments)))
+                    segments.append(text[last : match.start()])
+                token_id = self._placeholders[self._kind_of_token[match.group()]][1]
+                parts.append(("token", match.start(), match.end(), token_id))
+                last = match.end()
+            if last < len(text):
+                parts.append(("text", last, len(segments)))
+                segments.append(text[last:])
+            layouts.append(parts)
+        space_prefix = self._space_prefix() if any(segment.startswith(" ") for segment in segments) else ""
+        shifts = [len(space_prefix) if segment.startswith(" ") else 0 for segment in segments]
+        segments = [space_prefix * bool(shift) + segment for shift, segment in zip(shifts, segments, strict=True)]
+        encoding = self.tokenizer(segments, add_special_tokens=False, verbose=False, **asked) if segments else {}
+        special_ids = set(self.tokenizer.all_special_ids)
+        keys = ["input_ids"]
+        keys += ["offset_mapping"] if asked.get("return_offsets_mapping") else []
+        keys += ["token_type_ids"] if asked.get("return_token_type_ids") else []
+        keys += ["special_tokens_mask"] if asked.get("return_special_tokens_mask") else []
+
+        def added(ids, span):  # tokens the processor puts in itself: placeholders and the tokenizer's affixes
+            return {
+                "input_ids": list(ids),
+                "offset_mapping": [span] * len(ids),
+                "token_type_ids": [0] * len(ids),
+                "special_tokens_mask": [int(token in special_ids) for token in ids],
+                "protected": [True] * len(ids),
+            }
+
+        rows = []
+        for parts in layouts:
+            pieces = [added(prefix, (0, 0))]
+            for part in parts:
+                if part[0] == "token":
+                    pieces.append(added([part[3]], (part[1], part[2])))
+                    continue
+                _, start, segment = part
+                ids = list(encoding["input_ids"][segment])
+                piece = {"input_ids": ids, "protected": [False] * len(ids)}
+                if "offset_mapping" in keys:
+                    shift = start - shifts[segment]
+                    piece["offset_mapping"] = [
+                        (max(a + shift, start), max(b + shift, start)) for a, b in encoding["offset_mapping"][segment]
+                    ]
+                for key in ("token_type_ids", "special_tokens_mask"):
+                    if key in keys:
+                        piece[key] = list(encoding[key][segment])
+                pieces.append(piece)
+            pieces.append(added(suffix, (0, 0)))
+            rows.append({key: [value for piece in pieces for value in piece[key]] for key in keys + ["protected"]})
+        return rows
+
+    def _truncate(self, rows, text_kwargs) -> list[dict]:
+        """With `truncation`, each sample cut to `max_length` (else the model's context) tokens by dropping its
+        earliest unprotected (text) tokens."""
+        if text_kwargs.get("truncation") in (None, False, "do_not_truncate"):
+            return rows
+        limit = text_kwargs.get("max_length") or self._context_limit()
+        if limit is None:
+            return rows
+        truncated = []
+        for index, row in enumerate(rows):
+            excess = len(row["input_ids"]) - limit
+            if excess <= 0:
+                truncated.append(row)
+                continue
+            protected = list(row["protected"])
+            if row["input_ids"] and row["input_ids"][0] == self.tokenizer.bos_token_id:
+                protected[0] = True  # also a <s> the chat template writes itself
+            droppable = [position for position, keep in enumerate(protected) if not keep]
+            if len(droppable) < excess:
+                media = {kind: 0 for kind in self._placeholders}
+                for token in row["input_ids"]:
+                    for kind, (_, token_id, _) in self._placeholders.items():
+                        media[kind] += token == token_id
+                listed = ", ".join(f"{count} {self._placeholders[kind][0]}" for kind, count in media.items() if count)
+                kept = len(row["input_ids"]) - len(droppable)
+                raise PromptTooLongError(
+                    f"Sample {index} cannot be truncated to {limit} tokens: its media and special tokens alone take "
+                    f"{kept} tokens ({listed or 'no media'}), and truncation drops only text (the earliest first), "
+                    "never media placeholders, which the model needs all of. Raise `max_length`, or pass fewer or "
+                    "shorter media."
+                )
+            dropped = set(droppable[:excess])
+            truncated.append(
+                {key: [v for i, v in enumerate(values) if i not in dropped] for key, values in row.items()}
+            )
+        return truncated
+
     def _context_limit(self) -> int | None:
         if self.context_length:
             return int(self.context_length)
         limit = getattr(self.tokenizer, "model_max_length", None)
         return int(limit) if limit and limit < 10**8 else None
 
-    def _check_lengths(self, expanded, encoding, text_kwargs):
-        lengths = [int(sum(mask)) for mask in encoding["attention_mask"]]
-        if text_kwargs.get("truncation") not in (None, False, "do_not_truncate"):
-            for index, (sample, ids) in enumerate(zip(expanded, encoding["input_ids"], strict=True)):
-                for kind, (token, token_id, _) in self._placeholders.items():
-                    kept, expected = sum(1 for i in ids if i == token_id), sample.count(token)
-                    if kept != expected:
-                        raise PromptTooLongError(
-                            f"Truncating sample {index} to {lengths[index]} tokens would cut its {kind} placeholders "
-                            f"({kept} of {expected} {token} tokens kept), and the model needs all of them. Raise "
-                            "`max_length`, pass fewer or shorter media, or shorten the text."
-                        )
+    def _check_context(self, rows):
+        lengths = [len(row["input_ids"]) for row in rows]
         limit = self._context_limit()
         if limit is not None and max(lengths) > limit:
             too_long = [i for i, n in enumerate(lengths) if n > limit]
@@ -1140,6 +1661,57 @@ class UniMoEProcessor(ProcessorMixin):
                 "30 s of audio take a fixed number of tokens), or pass `truncation=True, max_length=...` to cut "
                 "the text."
             )
+
+    def _pad(self, rows, text_kwargs) -> dict:
+        """The rows as batch lists, padded as `padding` asks (as the tokenizer pads: pad id, attention 0, offsets
+        (0, 0), special-tokens mask 1), with `attention_mask` and, when asked, `length`."""
+        padding = text_kwargs.get("padding", False)
+        lengths = [len(row["input_ids"]) for row in rows]
+        if padding is True or padding == "longest":
+            target = max(lengths)
+        elif padding == "max_length":
+            target = text_kwargs.get("max_length") or self._context_limit()
+            if target is None:
+                raise UniMoEProcessingError(
+                    "`padding='max_length'` was given without `max_length`, and the processor knows no context "
+                    "length to pad to. Pass `max_length=...`, or `padding=True` to pad to the longest sample."
+                )
+        elif padding in (False, None, "do_not_pad"):
+            target = None
+        else:
+            raise UniMoEProcessingError(
+                f"`padding` must be True / 'longest', 'max_length' or False / 'do_not_pad', got {padding!r}."
+            )
+        multiple = text_kwargs.get("pad_to_multiple_of")
+        if target is not None and multiple:
+            target = math.ceil(target / multiple) * multiple
+        side = text_kwargs.get("padding_side") or self.tokenizer.padding_side
+        if side not in ("left", "right"):
+            raise UniMoEProcessingError(f"`padding_side` must be 'left' or 'right', got {side!r}.")
+        keys = [key for key in rows[0] if key != "protected"]
+        fill = {
+            "input_ids": self.tokenizer.pad_token_id,
+            "offset_mapping": (0, 0),
+            "token_type_ids": getattr(self.tokenizer, "pad_token_type_id", 0),
+            "special_tokens_mask": 1,
+            "attention_mask": 0,
+        }
+        out = {key: [] for key in keys + ["attention_mask"]}
+        for row, length in zip(rows, lengths, strict=True):
+            missing = max(0, (target or 0) - length)
+            if missing and fill["input_ids"] is None:
+                raise UniMoEProcessingError(
+                    "Padding was asked for, but the tokenizer has no pad token. Set one, e.g. "
+                    "`processor.tokenizer.pad_token = processor.tokenizer.unk_token` (the original LLaMA setting)."
+                )
+            padded = dict(row, attention_mask=[1] * length)
+            for key in out:
+                extra = [fill[key]] * missing
+                out[key].append(extra + padded[key] if side == "left" else padded[key] + extra)
+        if text_kwargs.get("return_length"):
+            out["length"] = [len(ids) for ids in out["input_ids"]]
+        order = ["input_ids", "attention_mask", "offset_mapping", "token_type_ids", "special_tokens_mask", "length"]
+        return {key: out[key] for key in order if key in out}
 
     # --- chat ---------------------------------------------------------------------------------------------------
     def apply_chat_template(
@@ -1378,6 +1950,16 @@ def _assistant_masks(offset_mapping, replacement_offsets, input_ids, generation_
     return masks
 
 
+def _ragged_message(name, value) -> str:
+    lengths = sorted({len(row) for row in value}) if isinstance(value, (list, tuple)) else []
+    return (
+        f"`{name}` has rows of different lengths ({', '.join(map(str, lengths))}) and cannot be one tensor. Pad the "
+        'batch: `processor(..., padding=True)`, or with `apply_chat_template` `processor_kwargs={"padding": True}` '
+        "(the form that logs no warning; a `padding=True` keyword of `apply_chat_template` works too, with a warning "
+        "that processor arguments belong in `processor_kwargs`)."
+    )
+
+
 def _to_tensor(value, return_tensors, name):
     if return_tensors is None:
         return value
@@ -1386,13 +1968,9 @@ def _to_tensor(value, return_tensors, name):
     try:
         array = value if isinstance(value, np.ndarray) else np.asarray(value)
     except ValueError:
-        raise UniMoEProcessingError(
-            f"`{name}` has rows of different lengths and cannot be one tensor: pass `padding=True`."
-        ) from None
+        raise UniMoEProcessingError(_ragged_message(name, value)) from None
     if array.dtype == object:
-        raise UniMoEProcessingError(
-            f"`{name}` has rows of different lengths and cannot be one tensor: pass `padding=True`."
-        )
+        raise UniMoEProcessingError(_ragged_message(name, value))
     if name in ("input_ids", "attention_mask", "sound_features_mask", "mm_token_type_ids", "offset_mapping"):
         array = array.astype(np.int64)
     return torch.from_numpy(np.ascontiguousarray(array)) if return_tensors == "pt" else array
@@ -1415,8 +1993,10 @@ def make_clip_image_processor(image_size: int):
 
 
 __all__ = [
+    "AudioLimit",
     "EmptyAudioError",
     "MediaDecodeError",
+    "MediaTooLargeError",
     "NotEnoughFramesError",
     "PlaceholderCountError",
     "PromptTooLongError",
@@ -1424,9 +2004,12 @@ __all__ = [
     "UniMoEBEATsFeatureExtractor",
     "UniMoEProcessingError",
     "UniMoEProcessor",
+    "audio_chunks",
     "kaldi_fbank",
     "load_audio",
     "load_image",
     "load_video",
     "resample_audio",
+    "resampled_length",
+    "windowed_sinc_resample",
 ]

@@ -31,7 +31,7 @@ PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"  # the venvs' Pyth
 TORCH_WHEELS = Path("/opt/wheels")
 TORCH_WHEEL = f"torch-2.13.0*-cp{sys.version_info.major}{sys.version_info.minor}-*.whl"
 # accelerate: transformers' bitsandbytes quantizer refuses to load without it (4.57 to 5.25)
-PACKAGES = tuple("pillow numpy safetensors soundfile av sentencepiece protobuf bitsandbytes accelerate".split())
+PACKAGES = tuple("pillow numpy safetensors soundfile soxr av sentencepiece protobuf bitsandbytes accelerate".split())
 STAMP = ".unimoe-compat-stamp"
 UV_TIMEOUT = 600  # seconds, per uv command (a cold uv cache downloads every package once)
 
