@@ -10,7 +10,7 @@ import pytest
 import soundfile
 from PIL import Image
 
-from training.synthetic import (
+from modeling_unimoe.training.synthetic import (
     ANSWERS,
     COLORS,
     NUM_SPEAKERS,

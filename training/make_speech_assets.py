@@ -2,7 +2,7 @@
 """Regenerate the spoken-digit clips of the synthetic suite: training/assets/speech/<digit>_<speaker>.flac.
 
     apt-get install -y espeak-ng            # Debian's package; the checked-in clips were made with espeak-ng 1.51
-    python -m training.make_speech_assets   # from the repository root (or: python training/make_speech_assets.py)
+    python -m modeling_unimoe.training.make_speech_assets
 
 10 digits ("zero" ... "nine") x 48 speakers. Speaker k is the espeak accent `ACCENTS[k % 8]` with the voice variant
 `VARIANTS[(k + k // 24) % 12]` (so all 48 pairs differ), a speed of 125-195 words per minute and a pitch of 25-75
@@ -17,19 +17,13 @@ files are byte-identical); another espeak-ng version may change the sound slight
 
 import json
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile
 
-
-if __package__ in (None, ""):  # run as a script: make `training` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from training.synthetic import NUM_SPEAKERS, NUMBER_WORDS, SAMPLING_RATE, SPEECH_DIR, SPEECH_SPEAKERS, resample
-else:
-    from .synthetic import NUM_SPEAKERS, NUMBER_WORDS, SAMPLING_RATE, SPEECH_DIR, SPEECH_SPEAKERS, resample
+from .synthetic import NUM_SPEAKERS, NUMBER_WORDS, SAMPLING_RATE, SPEECH_DIR, SPEECH_SPEAKERS, resample
 
 
 ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
