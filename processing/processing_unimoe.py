@@ -96,6 +96,19 @@ MAX_VIDEO_FRAMES = 36_000  # 20 minutes at 30 frames per second
 SOUND_CHUNK_PADDINGS = ("zeros", "last_sample")
 RESAMPLERS = ("soxr_hq", "windowed_sinc")
 _UNKNOWN_FRAMES = 1 << 62  # libsndfile's frame count of a file whose length it cannot tell
+# A question about what is said (speech: Whisper) or about a sound (BEATs). In a model with both towers `<audio>` /
+# `audio=` / {"type": "audio"} feed Whisper and `<sound>` / `sound=` / {"type": "sound"} feed BEATs; an `<audio>`
+# input under a sound question was most likely meant as a sound (`audio_kind_for_question`).
+SPEECH_QUESTION = re.compile(
+    r"\b(say|says|said|saying|spoken|speak|speaks|speaker|word|words|number|digit|transcribe|transcript|speech|voice|"
+    r"language)\b",
+    re.IGNORECASE,
+)
+SOUND_QUESTION = re.compile(
+    r"\b(sound|sounds|beep|beeps|tone|tones|pitch|noise|noises|music|melody|note|notes|ring|rings|buzz|bark|barks|"
+    r"chirp|chirps|siren|alarm|instrument)\b",
+    re.IGNORECASE,
+)
 
 
 # --- errors ---------------------------------------------------------------------------------------------------------
@@ -627,6 +640,15 @@ def too_many_chunks_message(
         f"(The original Uni-MoE keeps the first {ORIGINAL_MAX_SOUND_CHUNKS} chunks, {ORIGINAL_MAX_SOUND_CHUNKS * 30} "
         "s, of a longer sound and drops the rest without a word; this processor asks first.)"
     )
+
+
+def audio_kind_for_question(question: str) -> str | None:
+    """The audio kind a question asks about: "speech" for what is said (e.g. "What number is said?"), "sound" for a
+    sound (e.g. "How many beeps are there?"), None when it tells neither (or both)."""
+    speech, sound = bool(SPEECH_QUESTION.search(question or "")), bool(SOUND_QUESTION.search(question or ""))
+    if speech == sound:
+        return None
+    return "speech" if speech else "sound"
 
 
 # --- video ------------------------------------------------------------------------------------------------------------
@@ -1289,6 +1311,7 @@ class UniMoEProcessor(ProcessorMixin):
             for kind, value in (("image", images), ("video", videos), ("audio", audio), ("sound", sound))
         }
         self._check_placeholders(texts, given)
+        self._warn_sound_questions_over_speech(texts)
 
         data, replacements = {}, {}
         if given["image"][0]:
@@ -1421,6 +1444,22 @@ class UniMoEProcessor(ProcessorMixin):
             for match in self._placeholder_pattern.finditer(sample):
                 counts[self._kind_of_token[match.group()]] += 1
         return counts
+
+    def _warn_sound_questions_over_speech(self, texts):
+        """In a model with both a speech and a sound tower, warn about each sample that sends audio to the speech tower
+        (`<audio>`) under a question about a sound: nothing in a waveform tells the two apart, so the processor keeps
+        what it was given and says how to send a sound to the sound tower."""
+        if self.audio_path != "speech" or "sound" not in self._placeholders:
+            return
+        for index, sample in enumerate(texts):
+            if self.audio_token in sample and audio_kind_for_question(sample) == "sound":
+                word = SOUND_QUESTION.search(sample).group()
+                logger.warning(
+                    f'Sample {index} gives audio as {self.audio_token} (`audio=`, or {{"type": "audio"}} in a chat), '
+                    f"which this model reads as speech (Whisper), but its text asks about a sound ({word!r}). For the "
+                    f'sound tower (BEATs) pass it as {self.sound_token} (`sound=`, or {{"type": "sound"}} in a chat); '
+                    "if it is speech, ask what is said."
+                )
 
     def _check_placeholders(self, texts, given):
         per_sample = [self._count(sample) for sample in texts]

@@ -585,3 +585,67 @@ def test_ragged_batch_error_names_the_quiet_padding_and_it_is_quiet(processor, c
         transformers_logging.disable_propagation()
     assert batch["input_ids"].shape[0] == 2
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == []
+
+
+@pytest.mark.parametrize(
+    ("question", "kind"),
+    [
+        ("What number is said?", "speech"),
+        ("Transcribe the speech.", "speech"),
+        ("How many beeps are there?", "sound"),
+        ("Is the tone high or low?", "sound"),
+        ("What is this?", None),
+        ("Say how many beeps you hear.", None),  # both: the question alone cannot tell
+    ],
+)
+def test_audio_kind_for_question(question, kind):
+    from modeling_unimoe.processing.processing_unimoe import audio_kind_for_question
+
+    assert audio_kind_for_question(question) == kind
+
+
+def _logged_warnings(caplog, call) -> list[str]:
+    """The audio-kind warnings that `call` logs."""
+    import logging
+
+    from transformers.utils import logging as transformers_logging
+
+    caplog.clear()
+    transformers_logging.enable_propagation()  # transformers' own records reach caplog too
+    try:
+        with caplog.at_level(logging.WARNING):
+            call()
+    finally:
+        transformers_logging.disable_propagation()
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "audio as" in r.getMessage()]
+
+
+def test_audio_under_a_sound_question_warns_and_goes_to_speech_as_given(processor, caplog):
+    beeps = sine(1.0)
+    messages = _logged_warnings(
+        caplog, lambda: processor(text="USER: <audio>\nHow many beeps are there? ASSISTANT:", audio=beeps)
+    )
+    assert messages == [
+        'Sample 0 gives audio as <audio> (`audio=`, or {"type": "audio"} in a chat), which this model reads as '
+        "speech (Whisper), but its text asks about a sound ('beeps'). For the sound tower (BEATs) pass it as <sound> "
+        '(`sound=`, or {"type": "sound"} in a chat); if it is speech, ask what is said.'
+    ]
+    batch = processor(text="USER: <audio>\nHow many beeps are there? ASSISTANT:", audio=beeps)
+    assert "input_features" in batch and "sound_features" not in batch  # kept as given: speech
+    chat = [{"role": "user", "content": [{"type": "audio", "audio": beeps}, {"type": "text", "text": "Which tone?"}]}]
+    kwargs = dict(add_generation_prompt=True, tokenize=True, return_dict=True)
+    messages = _logged_warnings(caplog, lambda: processor.apply_chat_template(chat, **kwargs))
+    assert len(messages) == 1 and "asks about a sound ('tone')" in messages[0]
+
+
+@pytest.mark.parametrize(
+    ("variant", "text", "argument"),
+    [
+        ("all", "USER: <sound>\nHow many beeps are there? ASSISTANT:", "sound"),
+        ("all", "USER: <audio>\nWhat number is said? ASSISTANT:", "audio"),
+        ("sound_only", "USER: <audio>\nHow many beeps are there? ASSISTANT:", "audio"),  # `<audio>` is BEATs there
+    ],
+)
+def test_no_audio_kind_warning_where_the_audio_goes_where_asked(variant, text, argument, caplog):
+    variant_processor = tiny_processor(variant)
+    assert _logged_warnings(caplog, lambda: variant_processor(text=text, **{argument: sine(1.0)})) == []
