@@ -70,3 +70,13 @@ benchmarks: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build
+
+.PHONY: lmms-eval-venv test-lmms-eval
+
+# the lmms-eval venv at build/venvs/lmms-eval (lmms-eval requires torchvision and av<16, which do not fit .venv)
+lmms-eval-venv: $(STAMP)
+	$(BIN)/python -m modeling_unimoe.evaluation.venv
+
+# lmms-eval's offline run of the synthetic tasks on checkpoints/uni-moe-tiny, checked against training.evaluate
+test-lmms-eval: lmms-eval-venv
+	$(BIN)/python -m pytest -q -m slow tests/test_lmms_eval.py

@@ -2,10 +2,11 @@
 
     python -m benchmarks.convert [--hidden 2048 --intermediate 5632 --layers 8 --runs 3]
 
-Builds a fake speech-4e release in the released layout (float16 `.bin` shards, PEFT adapter, non-LoRA trainables,
-aligner, routers, CLIP / Whisper folders; the LLM scaled up, the towers tiny), converts it `--runs` times in fresh
-processes (`python -m hub_export.convert`) and records the wall time and the child's peak RSS (ru_maxrss, which
-includes the memory-mapped pages of the source files that were read). Target: peak RSS <= 1.5 x the output size.
+Builds a fake speech-4e release in the released layout with `hub_export.fake_release` (float16 `.bin` shards, PEFT
+adapter, non-LoRA trainables, aligner, routers, CLIP / Whisper folders; the LLM scaled up, the towers tiny), converts
+it `--runs` times in fresh processes (`python -m hub_export.convert`) and records the wall time and the child's peak
+RSS (ru_maxrss, which includes the memory-mapped pages of the source files that were read). Target: peak RSS <= 1.5 x
+the output size.
 """
 
 import argparse
@@ -19,19 +20,14 @@ from pathlib import Path
 
 import torch
 
+from hub_export.fake_release import ReleaseShapes, build_release
+
 from ._common import replace_markdown_section, run_probed
 
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 HEADER = "## Conversion"
-
-
-def build(root: Path, hidden: int, intermediate: int, layers: int, heads: int) -> dict:
-    from tests import original_reference as ref
-
-    ref.HIDDEN, ref.INTER, ref.LAYERS, ref.HEADS, ref.DTYPE = hidden, intermediate, layers, heads, torch.float16
-    return ref.build_release(root, "speech-4e")
 
 
 def folder_bytes(path: Path) -> int:
@@ -52,7 +48,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="unimoe-convert-bench-") as tmp:
         tmp = Path(tmp)
         t = time.perf_counter()
-        paths = build(tmp / "release", args.hidden, args.intermediate, args.layers, args.heads)
+        shapes = ReleaseShapes(args.hidden, args.intermediate, args.layers, args.heads, dtype=torch.float16)
+        paths = build_release(tmp / "release", "speech-4e", shapes)
         gc.collect()
         print(f"built the fake release in {time.perf_counter() - t:.0f} s")
         read = [paths["base"], paths["finetuned"], paths["clip"], paths["whisper"]]

@@ -41,7 +41,8 @@ CHILD = r"""
 import json, re, sys, time
 case, path, checkpoint = sys.argv[1:4]
 import numpy, soundfile
-from modeling_unimoe.processing.processing_unimoe import UniMoEProcessingError, UniMoEProcessor
+from modeling_unimoe.processing.media_unimoe import UniMoEProcessingError
+from modeling_unimoe.processing.processing_unimoe import UniMoEProcessor
 
 processor = UniMoEProcessor.from_pretrained(checkpoint)
 

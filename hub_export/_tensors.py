@@ -18,9 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-
-class ConversionError(Exception):
-    """A conversion input problem, reported to the user as a message (no traceback)."""
+from .errors import ConversionError
 
 
 def parse_size(size: str | int) -> int:

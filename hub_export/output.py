@@ -43,6 +43,8 @@ EXPORT_FILES = frozenset(
         "configuration_unimoe.py",
         "modeling_unimoe.py",
         "processing_unimoe.py",
+        "feature_extraction_unimoe.py",
+        "media_unimoe.py",
         "pipeline_unimoe.py",
         "processor_config.json",
         "preprocessor_config.json",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from modeling_unimoe.processing.export import ORIGINAL_PREPROCESSING, save_processor
 
-from ._tensors import ConversionError
+from .errors import ConversionError
 
 
 PLACEHOLDER_TOKENS = ("<image>", "<audio>", "<video>")  # ids V, V + 1, V + 2 after the V-token LLaMA vocabulary

@@ -18,6 +18,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .errors import ConversionError
+from .plan import NUM_PLACEHOLDERS, plan_release, resolve_dtype, resolve_variant
+
 
 def fixed_prompt_ids(text_vocab: int, length: int = 12) -> list[int]:
     generator = torch.Generator().manual_seed(0)
@@ -111,22 +114,11 @@ def converted_logits(folder, ids: list[int], dtype: str | None = None) -> torch.
 
 def verify(out, variant, base, finetuned, clip, whisper=None, beats=None, experts=None, log=print) -> float:
     """Compare converted and source logits on a fixed prompt; raise ConversionError when they differ."""
-    from . import convert as c
-
-    spec = c.resolve_variant(variant)
-    src = c.gather_sources(spec, base, finetuned, clip, whisper, beats, experts)
-    try:
-        stage_keys = {label: c.mapping.normalize_file_keys(src.files[label].keys()) for _, label in src.stages}
-        beats_cfg = next((f.extra.get("cfg") for f in src.files.values() if f.label.startswith("beats/")), None)
-        config = c.build_config(spec, src, stage_keys, Path(clip), whisper, beats_cfg)
-        targets, acc, _ = c.plan_conversion(spec, src, config, c.target_shapes(config))
-        c.finalize(targets, acc)
-        text_vocab = config.get_text_config().vocab_size - c.NUM_PLACEHOLDERS
+    with plan_release(resolve_variant(variant), base, finetuned, clip, whisper, beats, experts) as plan:
+        text_vocab = plan.config.get_text_config().vocab_size - NUM_PLACEHOLDERS
         ids = fixed_prompt_ids(text_vocab)
-        expected = SourceLM(targets, src.files, config).logits(ids)
-        out_dtype = c.resolve_dtype("auto", src, targets)
-    finally:
-        src.close()
+        expected = SourceLM(plan.targets, plan.sources.files, plan.config).logits(ids)
+        out_dtype = resolve_dtype("auto", plan.sources, plan.targets)
     got = converted_logits(out, ids)[0, :, :text_vocab].float()
     diff = (got - expected).abs().max().item()
     tolerance = 1e-4 if _saved_dtype(out) == "float32" else 2e-2 * expected.abs().max().item()
@@ -135,7 +127,7 @@ def verify(out, variant, base, finetuned, clip, whisper=None, beats=None, expert
         f"verify: max |logit difference| {diff:.3e} (tolerance {tolerance:.1e}), argmax agreement {agree:.0%} ({out_dtype})"
     )
     if diff > tolerance:
-        raise c.ConversionError(
+        raise ConversionError(
             f"Verification failed: the converted folder's logits differ from the source's by {diff:.3e} (expected at "
             f"most {tolerance:.1e}) on a fixed {len(ids)}-token prompt. Re-run the conversion; report the issue if it "
             "persists."

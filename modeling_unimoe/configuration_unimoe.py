@@ -75,6 +75,22 @@ class UniMoETextConfig(PreTrainedConfig):
     model_type = "unimoe_text"
     base_config_key = "text_config"
     keys_to_ignore_at_inference = ["past_key_values"]
+    # Tensor parallel plan (`from_pretrained(..., tp_plan="auto")` under torchrun): the attention heads and every
+    # expert's (and dense MLP's) intermediate units are split across the ranks; gate/up/q/k/v by output rows, down/o
+    # by input columns, so each block costs one all-reduce. Every expert is sharded the same way (expert-wise tensor
+    # parallel, as transformers 4.x planned Mixtral's per-expert layers). Routers and norms are replicated.
+    base_model_tp_plan = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.gate_proj": "colwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+        "layers.*.mlp.experts.*.gate_proj": "colwise",
+        "layers.*.mlp.experts.*.up_proj": "colwise",
+        "layers.*.mlp.experts.*.down_proj": "rowwise",
+    }
 
     def __init__(
         self,

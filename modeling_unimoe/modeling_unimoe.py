@@ -1314,6 +1314,9 @@ class UniMoEForCausalLM(UniMoEPreTrainedModel, GenerationMixin):
     """Uni-MoE with its language-modelling head: text, image, video, speech and sound in, text out."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # tensor parallel: the head is split by vocabulary rows and its logits gathered on every rank (the name every
+    # transformers from 4.57 on knows); the language model's plan is `UniMoETextConfig.base_model_tp_plan`
+    _tp_plan = {"lm_head": "colwise_rep"}
 
     def __init__(self, config: UniMoEConfig):
         super().__init__(config)

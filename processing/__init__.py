@@ -1,13 +1,16 @@
 """The Uni-MoE processor: text, image, video, speech and sound in one call.
 
-`processing_unimoe.py` and `pipeline_unimoe.py` are uploaded to the Hub next to the modeling files (they import no
-other file of this package); `export.py` writes them, the tokenizer and `chat_template.jinja` into a Hub folder.
+`processing_unimoe.py` (the processor), its siblings `feature_extraction_unimoe.py` (audio chunks, the BEATs fbank) and
+`media_unimoe.py` (reading media, the input errors), and `pipeline_unimoe.py` are uploaded to the Hub next to the
+modeling files (they import no other file of this package); `export.py` writes them, the tokenizer and
+`chat_template.jinja` into a Hub folder.
 
     from modeling_unimoe.processing import UniMoEProcessor
 """
 
 from .export import ORIGINAL_PREPROCESSING, add_custom_pipeline, build_processor, save_processor, save_tiny_processor
-from .processing_unimoe import (
+from .feature_extraction_unimoe import UniMoEBEATsFeatureExtractor
+from .media_unimoe import (
     EmptyAudioError,
     MediaDecodeError,
     MediaTooLargeError,
@@ -15,10 +18,9 @@ from .processing_unimoe import (
     PlaceholderCountError,
     PromptTooLongError,
     TooManyChunksError,
-    UniMoEBEATsFeatureExtractor,
     UniMoEProcessingError,
-    UniMoEProcessor,
 )
+from .processing_unimoe import UniMoEProcessor
 from .tiny_tokenizer import build_tiny_tokenizer
 
 

@@ -4,7 +4,7 @@
     from modeling_unimoe.processing.export import save_tiny_processor, add_custom_pipeline
     model.save_pretrained(folder)                 # config.json, weights, modeling files
     save_tiny_processor(model.config, folder)     # tokenizer, processor_config.json, chat_template.jinja,
-                                                  # processing_unimoe.py
+                                                  # the processor's Hub files (PROCESSOR_HUB_FILES)
     add_custom_pipeline(folder)                   # pipeline_unimoe.py + config.json `custom_pipelines`
 
 `save_processor(config, tokenizer, folder, **settings)` does the same for any tokenizer (e.g. a converted model's LLaMA
@@ -16,7 +16,8 @@ import json
 import shutil
 from pathlib import Path
 
-from .processing_unimoe import CHUNK_SAMPLES, UniMoEProcessor
+from .feature_extraction_unimoe import CHUNK_SAMPLES
+from .processing_unimoe import UniMoEProcessor
 from .tiny_tokenizer import TINY_SPECIAL_TOKENS, build_tiny_tokenizer
 
 
@@ -33,6 +34,8 @@ CUSTOM_PIPELINES = {
         "type": "multimodal",
     }
 }
+# the processor's code in a Hub folder: processing_unimoe.py and the siblings it imports (`save_pretrained` copies them)
+PROCESSOR_HUB_FILES = ("processing_unimoe.py", "feature_extraction_unimoe.py", "media_unimoe.py")
 _SOUND_PLACEHOLDER_LINE = "{%- set sound_placeholder = '<sound>' -%}"
 # The preprocessing the released Uni-MoE models were trained with (processor settings; the processor's defaults are
 # the tiny model's): prompt text tokenized piece by piece between placeholders, speech cut into 480,001-sample pieces
@@ -69,7 +72,7 @@ def build_processor(config, tokenizer, **settings) -> UniMoEProcessor:
 
 def save_processor(config, tokenizer, out_dir, **settings) -> UniMoEProcessor:
     """Write tokenizer files, processor_config.json (with the AutoProcessor auto_map and `settings`),
-    chat_template.jinja and processing_unimoe.py into `out_dir`, so `AutoProcessor.from_pretrained(out_dir,
+    chat_template.jinja and the processor's Hub files (`PROCESSOR_HUB_FILES`) into `out_dir`, so `AutoProcessor.from_pretrained(out_dir,
     trust_remote_code=True)` works."""
     processor = build_processor(config, tokenizer, **settings)
     UniMoEProcessor.register_for_auto_class("AutoProcessor")
@@ -116,6 +119,7 @@ __all__ = [
     "CUSTOM_PIPELINES",
     "ORIGINAL_PREPROCESSING",
     "PIPELINE_TASK",
+    "PROCESSOR_HUB_FILES",
     "add_custom_pipeline",
     "build_processor",
     "chat_template_for",

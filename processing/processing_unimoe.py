@@ -2,9 +2,8 @@
 """Uni-MoE processor: text, image, video, speech and sound in, model inputs out.
 
 This file is uploaded to the Hub next to `modeling_unimoe.py` and loaded with `trust_remote_code=True`: it imports only
-torch, numpy, PIL, transformers and the standard library. Decoding audio and video files needs `soundfile` and/or `av`
-(PyAV), resampling audio that is not at 16 kHz needs `soxr` (python-soxr); they are imported when needed, with an
-error naming the package if missing.
+torch, numpy, PIL, transformers, the standard library and its two siblings, `media_unimoe.py` (reading media, bounded
+before decoding, and the input errors) and `feature_extraction_unimoe.py` (audio chunks and the BEATs fbank).
 
 It works unchanged, with the same outputs bit for bit, on transformers 4.57 and 5.x (checked: 4.57.6, 5.0, 5.19, 5.23,
 5.25): what differs between versions is found by feature detection (sub-processor declaration and loading, the save
@@ -40,35 +39,55 @@ Preprocessing of the released models (the settings `hub_export` writes into a co
 - resampling: python-soxr at high quality, stereo averaged to mono first, as the original's `librosa.load(sr=16000)`
   (`resampler="soxr_hq"`, the default; the tiny checkpoint keeps the windowed-sinc resampler it was trained with).
 
-Media are bounded before they are decoded: an image file's pixel count (`max_image_pixels`) and a video's frame count
-and frame size (`max_video_frames`, `max_image_pixels`) are read from the file's header, an audio file's duration from
-its header (at most `max_sound_chunks` chunks on the sound path, at most what the model's context holds on the speech
-path), and only what will be used is decoded (the sampled frames' part of a video, the kept part of a truncated sound).
+Media are bounded before they are decoded (`max_image_pixels`, `max_video_frames`; audio at most `max_sound_chunks`
+chunks on the sound path, at most what the model's context holds on the speech path): see `media_unimoe.py`.
 
 Every input problem raises a `UniMoEProcessingError` (a `ValueError`) naming what was received, what was expected and
 how to fix it; its subclasses tell the cases apart.
 """
 
 import bisect
-import functools
-import importlib
 import inspect
-import io
 import math
-import os
 import re
-import urllib.request
-import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from transformers import WhisperFeatureExtractor
-from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
+
+from .feature_extraction_unimoe import (
+    CHUNK_SECONDS,
+    ORIGINAL_MAX_SOUND_CHUNKS,
+    SOUND_CHUNK_PADDINGS,
+    UniMoEBEATsFeatureExtractor,
+    audio_chunks,
+    num_audio_chunks,
+    too_many_chunks_message,
+)
+from .media_unimoe import (
+    MAX_IMAGE_PIXELS,
+    MAX_VIDEO_FRAMES,
+    RESAMPLERS,
+    SAMPLING_RATE,
+    AudioLimit,
+    EmptyAudioError,
+    MediaDecodeError,
+    MediaTooLargeError,
+    NotEnoughFramesError,
+    PlaceholderCountError,
+    PromptTooLongError,
+    TooManyChunksError,
+    UniMoEProcessingError,
+    describe_source,
+    is_path_like,
+    load_audio,
+    load_image,
+    load_video,
+)
 
 
 try:  # the PIL backend needs no torchvision (which does not install beside every torch)
@@ -83,19 +102,9 @@ logger = logging.get_logger(__name__)
 # (`attributes`, `image_processor_class`, ...), which 5.x reports as deprecated: they are set only where needed.
 _SUB_PROCESSORS_FROM_SIGNATURE = hasattr(ProcessorMixin, "get_attributes")
 
-SAMPLING_RATE = 16_000
-CHUNK_SECONDS = 30
-CHUNK_SAMPLES = SAMPLING_RATE * CHUNK_SECONDS  # 480,000: one Whisper / BEATs input
-MIN_SAMPLING_RATE, MAX_SAMPLING_RATE = 1_000, 384_000
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-# the original's sound path keeps this many chunks of a longer sound (and drops the rest without a word)
-ORIGINAL_MAX_SOUND_CHUNKS = 20
-MAX_IMAGE_PIXELS = 8192 * 8192  # per image file and per video frame: a 48 MP photo or an 8K frame fits
-MAX_VIDEO_FRAMES = 36_000  # 20 minutes at 30 frames per second
-SOUND_CHUNK_PADDINGS = ("zeros", "last_sample")
-RESAMPLERS = ("soxr_hq", "windowed_sinc")
-_UNKNOWN_FRAMES = 1 << 62  # libsndfile's frame count of a file whose length it cannot tell
+
 # A question about what is said (speech: Whisper) or about a sound (BEATs). In a model with both towers `<audio>` /
 # `audio=` / {"type": "audio"} feed Whisper and `<sound>` / `sound=` / {"type": "sound"} feed BEATs; an `<audio>`
 # input under a sound question was most likely meant as a sound (`audio_kind_for_question`).
@@ -111,537 +120,6 @@ SOUND_QUESTION = re.compile(
 )
 
 
-# --- errors ---------------------------------------------------------------------------------------------------------
-class UniMoEProcessingError(ValueError):
-    """Base class of every input error the Uni-MoE processor raises (a `ValueError`)."""
-
-
-class PlaceholderCountError(UniMoEProcessingError):
-    """The text's media placeholders do not match the media given (or the model has no tower for a modality)."""
-
-
-class MediaDecodeError(UniMoEProcessingError):
-    """An image, audio or video could not be read or has an unusable shape, type or value."""
-
-
-class EmptyAudioError(MediaDecodeError):
-    """An audio input has no samples."""
-
-
-class NotEnoughFramesError(MediaDecodeError):
-    """A video has fewer frames than the model samples (and `short_video="repeat"` was not asked for)."""
-
-
-class MediaTooLargeError(MediaDecodeError):
-    """An image or video file has more pixels or frames than the processor's limits (read from its header, before
-    decoding)."""
-
-
-class TooManyChunksError(UniMoEProcessingError):
-    """A sound is longer than `max_sound_chunks` chunks (and `truncate_sound=True` was not asked for)."""
-
-
-class PromptTooLongError(UniMoEProcessingError):
-    """The expanded prompt is longer than the model's context (or than `max_length` with `truncation=True`, once all
-    its text that truncation may drop is dropped), or one speech input alone takes more than the context."""
-
-
-# --- reading media ----------------------------------------------------------------------------------------------------
-def _optional_module(name: str, purpose: str):
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        pip_name = {"av": "av", "soundfile": "soundfile"}.get(name, name)
-        raise ImportError(
-            f"{purpose} needs the `{name}` package, which is not installed. Install it with `pip install {pip_name}`, "
-            "or pass the decoded media (arrays / PIL images) instead of a file."
-        ) from None
-
-
-def _is_url(value) -> bool:
-    return isinstance(value, str) and value.startswith(("http://", "https://"))
-
-
-def _is_path_like(value) -> bool:
-    return isinstance(value, (str, os.PathLike))
-
-
-def _describe(value) -> str:
-    """A short description of an input for error messages."""
-    if isinstance(value, (str, os.PathLike)):
-        return repr(str(value))
-    if isinstance(value, (np.ndarray, torch.Tensor)):
-        return f"{type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
-    if isinstance(value, Image.Image):
-        return f"PIL image {value.size[0]}x{value.size[1]} mode {value.mode}"
-    if isinstance(value, (bytes, bytearray)):
-        return f"{len(value)} bytes"
-    return type(value).__name__
-
-
-def _open_source(source, what: str):
-    """A path (str) or a file object for `source`: a path, an http(s) URL (fetched) or raw bytes."""
-    if isinstance(source, (bytes, bytearray)):
-        return io.BytesIO(bytes(source))
-    if _is_url(source):
-        try:
-            with urllib.request.urlopen(source, timeout=30) as response:
-                return io.BytesIO(response.read())
-        except Exception as error:
-            raise MediaDecodeError(f"Could not download {what} from {source!r}: {error}.") from None
-    path = Path(source)
-    if not path.is_file():
-        reason = "it is a directory" if path.is_dir() else "no such file"
-        raise MediaDecodeError(f"Could not read {what} {str(source)!r}: {reason}. Pass an existing file path.")
-    return str(path)
-
-
-def _rewind(source) -> None:
-    if hasattr(source, "seek"):
-        source.seek(0)
-
-
-def _check_pixels(width: int, height: int, max_pixels: int | None, what: str) -> None:
-    if max_pixels is not None and width * height > max_pixels:
-        raise MediaTooLargeError(
-            f"{what} is {width}x{height} = {width * height:,} pixels (read from its header, before decoding); the "
-            f"processor takes at most {max_pixels:,} pixels per image or video frame (`max_image_pixels`). Pass a "
-            "smaller image (the model sees it at a few hundred pixels a side), or raise `max_image_pixels` on the "
-            "processor."
-        )
-
-
-def _array_to_pil(array, what: str) -> Image.Image:
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
-    array = np.asarray(array)
-    if array.size == 0:
-        raise MediaDecodeError(f"{what} is an empty array (shape {array.shape}); expected an image with pixels.")
-    if array.ndim == 3 and array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
-        array = array.transpose(1, 2, 0)  # CHW -> HWC
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))):
-        raise MediaDecodeError(
-            f"{what} has shape {array.shape}; expected (height, width), (height, width, 1|3|4) or (1|3|4, height, "
-            "width)."
-        )
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255
-    elif np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise MediaDecodeError(f"{what} contains NaN or infinite values; expected finite pixel values.")
-        low, high = float(array.min()), float(array.max())
-        if low < 0.0 or high > 1.0:
-            raise MediaDecodeError(
-                f"{what} is a float array with values in [{low:.3g}, {high:.3g}]; float images must lie in [0, 1]. "
-                "Pass uint8 pixels (0..255) or divide by 255."
-            )
-        array = np.round(array * 255.0).astype(np.uint8)
-    elif np.issubdtype(array.dtype, np.integer):
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high > 255:
-            raise MediaDecodeError(
-                f"{what} is an integer array with values in [{low}, {high}]; expected uint8 pixels in 0..255."
-            )
-        array = array.astype(np.uint8)
-    else:
-        raise MediaDecodeError(f"{what} has dtype {array.dtype}; expected uint8 or float pixels.")
-    image = Image.fromarray(np.ascontiguousarray(array))
-    return image.convert("RGB")
-
-
-def load_image(image, what: str = "image", max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
-    """An RGB PIL image from a PIL image, an array / tensor (HWC or CHW, uint8 or float in [0, 1]), a file path, an
-    http(s) URL, bytes or a `{"path": ...}` / `{"bytes": ...}` dict. Raises `MediaDecodeError` naming `what`, and
-    `MediaTooLargeError` for a file of more than `max_pixels` pixels (its size is read before its pixels are)."""
-    if isinstance(image, dict):
-        image = image.get("bytes") or image.get("path") or image.get("url") or image.get("image")
-    if isinstance(image, Image.Image):
-        if image.width == 0 or image.height == 0:
-            raise MediaDecodeError(f"{what} has size {image.size}; expected an image with pixels.")
-        return image.convert("RGB")
-    if isinstance(image, (np.ndarray, torch.Tensor)):
-        return _array_to_pil(image, what)
-    if _is_path_like(image) or isinstance(image, (bytes, bytearray)):
-        source = _open_source(image, what)
-        name = f"{what} ({_describe(image)})"
-        try:
-            with warnings.catch_warnings():  # PIL's own, larger bomb limit: the size is checked below
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                opened = Image.open(source)
-            with opened:
-                _check_pixels(opened.width, opened.height, max_pixels, name)
-                opened.load()
-                return opened.convert("RGB")
-        except UniMoEProcessingError:
-            raise
-        except Image.DecompressionBombError as error:  # over twice PIL's limit: refused by PIL before ours
-            raise MediaTooLargeError(
-                f"{name} is too large to decode: {error} Pass a smaller image (the model sees it at a few hundred "
-                "pixels a side)."
-            ) from None
-        except Exception as error:  # PIL raises many types on corrupt data
-            raise MediaDecodeError(
-                f"Could not decode {name} as an image: {type(error).__name__}: {error}. Expected a readable "
-                "image file (PNG, JPEG, ...)."
-            ) from None
-    raise MediaDecodeError(
-        f"{what} is a {type(image).__name__}; expected a PIL image, a numpy array / torch tensor, a file path or URL."
-    )
-
-
-# --- audio ------------------------------------------------------------------------------------------------------------
-def resampled_length(num_samples: int, orig_sr: int, target_sr: int = SAMPLING_RATE) -> int:
-    """Samples after resampling `num_samples` samples from `orig_sr` to `target_sr` (librosa's length:
-    ceil(num_samples * target_sr / orig_sr))."""
-    if orig_sr == target_sr:
-        return int(num_samples)
-    return int(np.ceil(num_samples * (float(target_sr) / orig_sr)))
-
-
-def resample_audio(
-    waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLING_RATE, method: str = "soxr_hq"
-) -> np.ndarray:
-    """Resampling as the original Uni-MoE's `librosa.load(sr=16000)`: python-soxr at high quality ("HQ", librosa's
-    default `soxr_hq`) on float32 samples, cut or zero-padded to `resampled_length` samples (librosa's `fix_length`).
-    Needs the `soxr` package unless the rates are equal. `method="windowed_sinc"` is the resampler the tiny
-    checkpoint was trained with instead (`windowed_sinc_resample`). Returns float32."""
-    if method not in RESAMPLERS:
-        raise ValueError(f"method must be one of {RESAMPLERS}, got {method!r}.")
-    if method == "windowed_sinc":
-        return windowed_sinc_resample(waveform, orig_sr, target_sr)
-    waveform = np.asarray(waveform, dtype=np.float32)
-    if orig_sr == target_sr or waveform.size == 0:
-        return waveform
-    try:
-        soxr = importlib.import_module("soxr")
-    except ImportError:
-        raise ImportError(
-            f"Resampling audio from {orig_sr} Hz to {target_sr} Hz needs the `soxr` package (python-soxr, the "
-            "resampler librosa uses), which is not installed. Install it with `pip install soxr`, or pass audio "
-            f"sampled at {target_sr} Hz."
-        ) from None
-    out = soxr.resample(np.ascontiguousarray(waveform), orig_sr, target_sr, quality="HQ")
-    length = resampled_length(len(waveform), orig_sr, target_sr)
-    if len(out) < length:
-        out = np.concatenate([out, np.zeros(length - len(out), out.dtype)])
-    return np.ascontiguousarray(out[:length], dtype=np.float32)
-
-
-def windowed_sinc_resample(waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLING_RATE) -> np.ndarray:
-    """Band-limited resampling (Hann-windowed sinc, 6 zero crossings, cutoff 0.99 x the lower Nyquist rate), for any
-    pair of integer rates: the resampler of the tiny checkpoint's training data. Output length is ceil(len * target_sr
-    / orig_sr)."""
-    if orig_sr == target_sr or waveform.size == 0:
-        return waveform.astype(np.float32, copy=False)
-    zero_crossings, rolloff = 6, 0.99
-    x = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float64))
-    beta = rolloff * min(orig_sr, target_sr) / orig_sr  # cutoff in cycles per input sample, times 2
-    half_width = math.ceil(zero_crossings / beta)  # kernel half width in input samples
-    num_out = math.ceil(len(x) * target_sr / orig_sr)
-    taps = torch.arange(-half_width, half_width + 1, dtype=torch.int64).double()  # [taps]
-    windows = torch.nn.functional.pad(x, (half_width, half_width + 1)).unfold(0, len(taps), 1)  # [len + 1, taps]
-    out = torch.empty(num_out, dtype=torch.float64)
-    block = 1 << 15
-    for start in range(0, num_out, block):
-        j = torch.arange(start, min(start + block, num_out), dtype=torch.int64)
-        base = (j * orig_sr) // target_sr  # input sample at or left of each output instant
-        # its offset from that sample: one of at most target_sr values, so the kernel is computed once per offset seen
-        offsets, which = torch.unique((j * orig_sr) % target_sr, return_inverse=True)
-        t = (offsets.double() / target_sr)[:, None] - taps[None, :]  # [offsets, taps]: distance to each input sample
-        kernel = beta * torch.sinc(beta * t) * torch.cos(t * (math.pi * beta / (2 * zero_crossings))).pow(2)
-        kernel = kernel * ((beta * t).abs() <= zero_crossings)
-        out[start : start + len(j)] = (windows[base] * kernel[which]).sum(-1)
-    return out.numpy().astype(np.float32)
-
-
-class AudioLimit:
-    """How much of one audio input is used: at most `max_samples` samples at 16 kHz. A longer input raises
-    `error(what, seconds, at_least)` (an exception, built by the caller: its class and message depend on the audio
-    path; `at_least` where the length was counted while decoding and decoding stopped at the limit), or with
-    `truncate=True` keeps its first `max_samples` samples. Files are checked from their header, before decoding, and
-    only the kept part (plus one second that the resampler's filter reads past the cut) is decoded."""
-
-    def __init__(self, max_samples: int, truncate: bool = False, error=None):
-        if max_samples < 1:
-            raise ValueError(f"max_samples must be >= 1, got {max_samples}.")
-        self.max_samples = int(max_samples)
-        self.truncate = truncate
-        self.error = error
-
-    @property
-    def seconds(self) -> float:
-        return self.max_samples / SAMPLING_RATE
-
-    def too_long(self, num_samples: int, rate: int) -> bool:
-        return resampled_length(num_samples, rate) > self.max_samples
-
-    def frames_to_read(self, rate: int) -> int:
-        """Frames at `rate` that give the kept samples exactly, with the resampler's look-ahead."""
-        if rate == SAMPLING_RATE:
-            return self.max_samples
-        return math.ceil(self.max_samples * rate / SAMPLING_RATE) + int(rate)
-
-    def refuse(self, seconds: float, what: str, at_least: bool = False):
-        if self.error is not None:
-            return self.error(what, seconds, at_least)
-        return MediaTooLargeError(
-            f"{what} lasts {'more than ' if at_least else ''}{seconds:.1f} s; at most {self.seconds:g} s are taken. "
-            f"Cut it to {self.seconds:g} s."
-        )
-
-
-def _mono(block: np.ndarray) -> np.ndarray:
-    """[samples, channels] float32 -> [samples], the channels averaged (librosa's `to_mono`)."""
-    if block.shape[1] == 1:
-        return np.ascontiguousarray(block[:, 0])
-    return block.mean(axis=1, dtype=np.float32)
-
-
-def _decode_audio_file(source, what: str, limit: AudioLimit | None = None) -> tuple[np.ndarray, int]:
-    """Mono float32 samples (channels averaged) and the sampling rate, with soundfile (wav, flac, ogg, mp3) or else
-    PyAV. With a `limit`, the duration in the file's header is checked before any sample is decoded, and at most the
-    frames the limit keeps (plus one, to tell a longer file) are decoded."""
-    errors = []
-    try:
-        soundfile = importlib.import_module("soundfile")
-    except ImportError:
-        soundfile = None
-    if soundfile is not None:
-        try:
-            _rewind(source)
-            opened = soundfile.SoundFile(source)
-        except Exception as error:
-            errors.append(f"soundfile: {error}")
-        else:
-            try:
-                with opened:
-                    return _read_with_soundfile(opened, what, limit)
-            except UniMoEProcessingError:
-                raise
-            except Exception as error:  # readable header, unreadable data: PyAV may still decode it
-                errors.append(f"soundfile: {error}")
-    try:
-        av = importlib.import_module("av")
-    except ImportError:
-        av = None
-    if av is not None:
-        try:
-            _rewind(source)
-            return _decode_audio_with_av(av, source, what, limit)
-        except UniMoEProcessingError:
-            raise
-        except Exception as error:
-            errors.append(f"PyAV: {type(error).__name__}: {error}")
-    if soundfile is None and av is None:
-        _optional_module("soundfile", "Decoding audio files")
-    raise MediaDecodeError(
-        f"Could not decode {what} as audio: {'; '.join(errors)}. Expected a readable audio file (wav, flac, mp3, "
-        "ogg, ...) or a waveform array with `sampling_rate`."
-    )
-
-
-def _check_file_rate(rate, what: str) -> int:
-    if not rate or not MIN_SAMPLING_RATE <= int(rate) <= MAX_SAMPLING_RATE:
-        raise MediaDecodeError(
-            f"The sampling rate of {what} is {rate} Hz (from its header); expected {MIN_SAMPLING_RATE}.."
-            f"{MAX_SAMPLING_RATE} Hz. Pass a regular audio file."
-        )
-    return int(rate)
-
-
-def _read_with_soundfile(opened, what: str, limit: AudioLimit | None) -> tuple[np.ndarray, int]:
-    rate = _check_file_rate(opened.samplerate, what)
-    frames = opened.frames if 0 <= opened.frames < _UNKNOWN_FRAMES else None
-    cap = None
-    if limit is not None:
-        if frames is not None and limit.too_long(frames, rate) and not limit.truncate:
-            raise limit.refuse(frames / rate, what)
-        cap = limit.frames_to_read(rate) + 1
-    block = 1 << 20  # frames per read: the channels are averaged block by block
-    pieces, count = [], 0
-    while cap is None or count < cap:
-        data = opened.read(block if cap is None else min(block, cap - count), dtype="float32", always_2d=True)
-        if not len(data):
-            break
-        pieces.append(_mono(data))
-        count += len(data)
-    return _finish_decoded(pieces, rate, frames, what, limit)
-
-
-def _finish_decoded(pieces, rate: int, frames, what: str, limit: AudioLimit | None) -> tuple[np.ndarray, int]:
-    wave = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-    if limit is not None and limit.too_long(len(wave), rate):
-        if not limit.truncate:  # the header understated the length (or had none): decoding stopped at the limit
-            raise limit.refuse(len(wave) / rate, what, at_least=True)
-        total = frames / rate if frames is not None else None
-        logger.warning(
-            f"{what} lasts {f'{total:.1f} s' if total is not None else f'more than {limit.seconds:g} s'}: only its "
-            f"first {limit.seconds:g} s are used (truncate_sound=True)."
-        )
-    return wave, rate
-
-
-def _decode_audio_with_av(av, source, what: str, limit: AudioLimit | None) -> tuple[np.ndarray, int]:
-    with av.open(source) as container:
-        if not container.streams.audio:
-            raise ValueError("the file has no audio stream")
-        stream = container.streams.audio[0]
-        rate = _check_file_rate(stream.rate, what)
-        seconds = None
-        if stream.duration is not None and stream.time_base is not None:
-            seconds = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            seconds = container.duration / 1_000_000  # AV_TIME_BASE
-        frames = None if seconds is None else int(round(seconds * rate))
-        cap = None
-        if limit is not None:
-            if frames is not None and limit.too_long(frames, rate) and not limit.truncate:
-                raise limit.refuse(seconds, what)
-            cap = limit.frames_to_read(rate) + 1
-        converter = av.AudioResampler(format="fltp")  # planar float32, native layout and rate
-        pieces, count = [], 0
-
-        def keep(converted):
-            nonlocal count, rate
-            samples = converted.to_ndarray()  # [channels, samples]
-            pieces.append(_mono(samples.T.astype(np.float32, copy=False)))
-            count += samples.shape[1]
-            rate = converted.sample_rate
-
-        for frame in container.decode(stream):
-            for converted in converter.resample(frame):
-                keep(converted)
-            if cap is not None and count >= cap:
-                break
-        else:
-            for converted in converter.resample(None):
-                keep(converted)
-    return _finish_decoded(pieces, int(rate), frames, what, limit)
-
-
-def load_audio(
-    audio,
-    sampling_rate: int | None = None,
-    what: str = "audio",
-    limit: AudioLimit | None = None,
-    resampler: str = "soxr_hq",
-) -> np.ndarray:
-    """A mono float32 waveform at 16 kHz from a 1-D array / tensor / list (at `sampling_rate`, 16 kHz if None), a
-    2-D [channels, samples] or [samples, channels] array (averaged to mono), a `{"array", "sampling_rate"}` dict, a
-    file path, URL or bytes (decoded at the file's rate). Integer PCM is scaled to [-1, 1). Resampled with
-    `resample_audio` (`resampler`: its `method`). With a `limit`, a longer input is refused (files: from their header,
-    before decoding) or, with `limit.truncate`, cut to `limit.max_samples`. Raises `MediaDecodeError` /
-    `EmptyAudioError` naming `what`."""
-    if isinstance(audio, dict):
-        array = audio.get("array", audio.get("raw"))
-        if array is None:
-            source = audio.get("path") or audio.get("bytes") or audio.get("url") or audio.get("audio")
-            return load_audio(source, audio.get("sampling_rate", sampling_rate), what, limit, resampler)
-        audio, sampling_rate = array, audio.get("sampling_rate", sampling_rate)
-    if _is_path_like(audio) or isinstance(audio, (bytes, bytearray)):
-        array, sampling_rate = _decode_audio_file(_open_source(audio, what), f"{what} ({_describe(audio)})", limit)
-    elif isinstance(audio, (np.ndarray, torch.Tensor, list, tuple)):
-        if isinstance(audio, torch.Tensor):
-            audio = audio.detach().cpu().float().numpy()
-        try:
-            array = np.asarray(audio)
-        except Exception as error:
-            raise MediaDecodeError(f"{what} could not be read as an array: {error}.") from None
-        if sampling_rate is None:
-            logger.warning_once(
-                "An audio array was given without `sampling_rate`: it is taken as 16000 Hz. Pass "
-                "`sampling_rate=` to the processor to have it resampled correctly."
-            )
-            sampling_rate = SAMPLING_RATE
-    else:
-        raise MediaDecodeError(
-            f"{what} is a {type(audio).__name__}; expected a waveform array / tensor (with `sampling_rate`), a dict "
-            "with 'array' and 'sampling_rate', or an audio file path / URL."
-        )
-
-    if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, np.integer)):
-        raise MediaDecodeError(f"The sampling rate of {what} is {sampling_rate!r}; expected an integer in Hz.")
-    if not MIN_SAMPLING_RATE <= int(sampling_rate) <= MAX_SAMPLING_RATE:
-        raise MediaDecodeError(
-            f"The sampling rate of {what} is {sampling_rate} Hz; expected {MIN_SAMPLING_RATE}..{MAX_SAMPLING_RATE} Hz."
-        )
-    sampling_rate = int(sampling_rate)
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-        raise MediaDecodeError(f"{what} has dtype {array.dtype}; expected a numeric waveform.")
-    if np.iscomplexobj(array):
-        raise MediaDecodeError(f"{what} is complex-valued; expected a real waveform.")
-    if array.size == 0:
-        raise EmptyAudioError(f"{what} has no samples (length 0); expected at least one sample of audio.")
-    if array.ndim == 2:  # the shorter axis holds the channels
-        if min(array.shape) > 8:
-            raise MediaDecodeError(
-                f"{what} has shape {array.shape}: neither axis looks like channels (at most 8). Pass a 1-D mono "
-                "waveform or a [channels, samples] array."
-            )
-        array = array.mean(axis=0 if array.shape[0] <= array.shape[1] else 1)
-    elif array.ndim != 1:
-        raise MediaDecodeError(f"{what} has shape {array.shape}; expected a 1-D waveform (or [channels, samples]).")
-    if limit is not None and limit.too_long(len(array), sampling_rate):
-        if not limit.truncate:
-            raise limit.refuse(len(array) / sampling_rate, what)
-        array = array[: limit.frames_to_read(sampling_rate)]
-    if np.issubdtype(array.dtype, np.integer):
-        info = np.iinfo(array.dtype)
-        array = array.astype(np.float64) / float(-info.min if info.min < 0 else info.max)
-    array = array.astype(np.float32)
-    if not np.isfinite(array).all():
-        raise MediaDecodeError(f"{what} contains NaN or infinite samples; expected a finite waveform.")
-    wave = resample_audio(array, sampling_rate, SAMPLING_RATE, resampler)
-    if limit is not None and len(wave) > limit.max_samples:  # truncate=True (a longer input was refused above)
-        wave = wave[: limit.max_samples]
-    return wave
-
-
-def audio_chunks(
-    wave: np.ndarray, chunk_samples: int, stride: int | None = None, padding: str = "zeros"
-) -> tuple[np.ndarray, list[int]]:
-    """Cut a 16 kHz waveform into model chunks, for both audio paths: chunk k holds samples [k * stride, k * stride +
-    chunk_samples), `stride` defaulting to `chunk_samples`; there are ceil(len / stride) chunks (at least one). The
-    original speech path cuts 480,001-sample pieces and keeps 480,000 of each (stride 480,001), its sound path cuts
-    480,000-sample chunks. A chunk shorter than `chunk_samples` is padded with zeros (`padding="zeros"`, as Whisper
-    pads) or by repeating its last sample (`"last_sample"`, the original's BEATs path).
-
-    Returns the chunks [chunks, chunk_samples] float32 and the number of real samples in each."""
-    if padding not in SOUND_CHUNK_PADDINGS:
-        raise ValueError(f"padding must be one of {SOUND_CHUNK_PADDINGS}, got {padding!r}.")
-    stride = int(stride or chunk_samples)
-    count = max(1, math.ceil(len(wave) / stride))
-    chunks = np.zeros((count, chunk_samples), np.float32)
-    real = []
-    for index in range(count):
-        piece = wave[index * stride : index * stride + chunk_samples]
-        chunks[index, : len(piece)] = piece
-        if padding == "last_sample" and 0 < len(piece) < chunk_samples:
-            chunks[index, len(piece) :] = piece[-1]
-        real.append(len(piece))
-    return chunks, real
-
-
-def num_audio_chunks(num_samples: int, chunk_samples: int, stride: int | None = None) -> int:
-    """The number of chunks `audio_chunks` cuts `num_samples` samples into."""
-    return max(1, math.ceil(num_samples / int(stride or chunk_samples)))
-
-
-def too_many_chunks_message(
-    what: str, seconds: float, chunks: int, chunk_samples: int, max_chunks: int, at_least: bool = False
-) -> str:
-    chunk, most = chunk_samples / SAMPLING_RATE, max_chunks * chunk_samples / SAMPLING_RATE
-    more, least = ("more than ", "at least ") if at_least else ("", "")
-    return (
-        f"{what} lasts {more}{seconds:.1f} s, i.e. {least}{chunks} chunks of {chunk:g} s, but the sound path takes at "
-        f"most {max_chunks} chunks ({most:g} s). Cut it, or pass `truncate_sound=True` to keep its first {most:g} s. "
-        f"(The original Uni-MoE keeps the first {ORIGINAL_MAX_SOUND_CHUNKS} chunks, {ORIGINAL_MAX_SOUND_CHUNKS * 30} "
-        "s, of a longer sound and drops the rest without a word; this processor asks first.)"
-    )
-
-
 def audio_kind_for_question(question: str) -> str | None:
     """The audio kind a question asks about: "speech" for what is said (e.g. "What number is said?"), "sound" for a
     sound (e.g. "How many beeps are there?"), None when it tells neither (or both)."""
@@ -649,266 +127,6 @@ def audio_kind_for_question(question: str) -> str | None:
     if speech == sound:
         return None
     return "speech" if speech else "sound"
-
-
-# --- video ------------------------------------------------------------------------------------------------------------
-def sample_frame_indices(total: int, num_frames: int) -> list[int]:
-    """The reference's uniform sampling: every `total // num_frames`-th frame from frame 0 (needs total >= num_frames)."""
-    step = total // num_frames
-    return [i * step for i in range(num_frames)]
-
-
-def _short_video_indices(total: int, num_frames: int, short_video: str, what: str) -> list[int]:
-    if total == 0:
-        raise MediaDecodeError(f"{what} has no frames; expected a video with at least one decodable frame.")
-    if total >= num_frames:
-        return sample_frame_indices(total, num_frames)
-    if short_video == "repeat":
-        logger.warning(
-            f"{what} has {total} frames, fewer than the {num_frames} the model samples: frames are repeated."
-        )
-        return [i * total // num_frames for i in range(num_frames)]
-    raise NotEnoughFramesError(
-        f"{what} has {total} frames but the model samples {num_frames} frames per video. Pass a longer video, or "
-        "`short_video='repeat'` to repeat its frames evenly (each frame about num_frames / total times)."
-    )
-
-
-def _too_many_frames(what: str, frames: int, max_frames: int, counted: bool, estimated: bool = False):
-    source = "counted while decoding" if counted else "from its header, before decoding"
-    amount = "more than " if counted else "about " if estimated else ""
-    return MediaTooLargeError(
-        f"{what} has {amount}{frames:,} frames ({source}); the processor takes videos of at "
-        f"most {max_frames:,} frames (`max_video_frames`), of which the model samples only a few. Cut the video, "
-        "or raise `max_video_frames` on the processor."
-    )
-
-
-def _decode_video_file(source, num_frames: int, short_video: str, what: str, max_frames: int | None = None,
-                       max_pixels: int | None = None) -> list[Image.Image]:  # fmt: skip
-    av = _optional_module("av", "Decoding video files")
-
-    def open_stream():
-        _rewind(source)
-        container = av.open(source)
-        if not container.streams.video:
-            container.close()
-            raise MediaDecodeError(f"{what} has no video stream; expected a video file (mp4, webm, avi, ...).")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        return container, stream
-
-    def decode(wanted: set[int]) -> tuple[dict[int, Image.Image], int]:
-        """The wanted frames (all frames are counted when `wanted` is empty) and the number of frames decoded. Only
-        the wanted frames are converted to images, and decoding stops after the last of them."""
-        container, stream = open_stream()
-        frames, count, last = {}, 0, max(wanted) if wanted else None
-        try:
-            for frame in container.decode(stream):
-                if count in wanted:
-                    _check_pixels(frame.width, frame.height, max_pixels, f"frame {count} of {what}")
-                    frames[count] = frame.to_image()
-                count += 1
-                if last is not None and count > last:
-                    break
-                if max_frames is not None and count > max_frames:
-                    raise _too_many_frames(what, max_frames, max_frames, counted=True)
-        finally:
-            container.close()
-        return frames, count
-
-    try:
-        container, stream = open_stream()
-        try:
-            total = int(stream.frames or 0)
-            estimate = total  # without a frame count: the duration times the frame rate
-            if total <= 0 and stream.average_rate:
-                if stream.duration and stream.time_base:
-                    estimate = int(float(stream.duration * stream.time_base * stream.average_rate))
-                elif container.duration:
-                    estimate = int(container.duration / 1_000_000 * float(stream.average_rate))  # AV_TIME_BASE
-            width, height = stream.codec_context.width, stream.codec_context.height
-        finally:
-            container.close()
-        _check_pixels(width or 0, height or 0, max_pixels, what)
-        if max_frames is not None and estimate > max_frames:
-            raise _too_many_frames(what, estimate, max_frames, counted=False, estimated=total <= 0)
-        if total <= 0:  # no frame count in the container: count by decoding
-            _, total = decode(set())
-        indices = _short_video_indices(total, num_frames, short_video, what)
-        frames, decoded = decode(set(indices))
-        if len(frames) < len(set(indices)):  # the container overstated its frame count
-            indices = _short_video_indices(decoded, num_frames, short_video, what)
-            frames, _ = decode(set(indices))
-    except UniMoEProcessingError:
-        raise
-    except Exception as error:  # FFmpeg / container errors on corrupt data
-        raise MediaDecodeError(
-            f"Could not decode {what} as a video: {type(error).__name__}: {error}. Expected a readable video file "
-            "(mp4, webm, avi, ...) or a list of frames."
-        ) from None
-    if len(frames) < len(set(indices)):
-        raise MediaDecodeError(f"Could not decode frames {sorted(set(indices) - set(frames))} of {what}.")
-    return [frames[i] for i in indices]
-
-
-def load_video(video, num_frames: int, short_video: str = "error", what: str = "video",
-               max_frames: int | None = MAX_VIDEO_FRAMES, max_pixels: int | None = MAX_IMAGE_PIXELS
-               ) -> list[Image.Image]:  # fmt: skip
-    """`num_frames` RGB frames sampled uniformly as in the reference (every total // num_frames-th frame from 0) from
-    a video file path / URL / bytes (decoded with PyAV), a list of frames (anything `load_image` reads) or a 4-D
-    array / tensor [frames, H, W, C] or [frames, C, H, W]. A file of more than `max_frames` frames or `max_pixels`
-    pixels per frame raises `MediaTooLargeError` (from its header where it has them, before decoding)."""
-    if short_video not in ("error", "repeat"):
-        raise UniMoEProcessingError(f"`short_video` must be 'error' or 'repeat', got {short_video!r}.")
-    if isinstance(video, dict):
-        video = video.get("path") or video.get("bytes") or video.get("url") or video.get("video")
-    if _is_path_like(video) or isinstance(video, (bytes, bytearray)):
-        return _decode_video_file(
-            _open_source(video, what), num_frames, short_video, f"{what} ({_describe(video)})", max_frames, max_pixels
-        )
-    if isinstance(video, (np.ndarray, torch.Tensor)):
-        if video.ndim != 4:
-            raise MediaDecodeError(
-                f"{what} is an array of shape {tuple(video.shape)}; expected 4-D frames [frames, height, width, "
-                "channels] (or [frames, channels, height, width]), a list of frames or a video file."
-            )
-        frames = list(video)
-    elif isinstance(video, (list, tuple)):
-        frames = list(video)
-    else:
-        raise MediaDecodeError(
-            f"{what} is a {type(video).__name__}; expected a video file path / URL, a list of frames or a 4-D array."
-        )
-    indices = _short_video_indices(len(frames), num_frames, short_video, what)
-    loaded = {i: load_image(frames[i], f"frame {i} of {what}", max_pixels) for i in sorted(set(indices))}
-    return [loaded[i] for i in indices]
-
-
-# --- BEATs filterbank -------------------------------------------------------------------------------------------------
-def _kaldi_mel(freq):
-    return 1127.0 * torch.log1p(freq / 700.0)
-
-
-def kaldi_mel_banks(num_mel_bins: int = 128, fft_size: int = 512, sampling_rate: int = SAMPLING_RATE,
-                    low_freq: float = 20.0, high_freq: float = 0.0) -> torch.Tensor:  # fmt: skip
-    """Kaldi's triangular mel filters [num_mel_bins, fft_size // 2 + 1] (triangles in the mel domain, mel(f) = 1127
-    ln(1 + f / 700), no Nyquist weight); `high_freq <= 0` counts back from the Nyquist frequency."""
-    nyquist = sampling_rate / 2
-    high_freq = high_freq if high_freq > 0 else nyquist + high_freq
-    mel_low, mel_high = (
-        _kaldi_mel(torch.tensor(low_freq, dtype=torch.float64)),
-        _kaldi_mel(torch.tensor(high_freq, dtype=torch.float64)),
-    )
-    delta = (mel_high - mel_low) / (num_mel_bins + 1)
-    left = mel_low + delta * torch.arange(num_mel_bins, dtype=torch.float64)[:, None]  # [mel, 1]
-    center, right = left + delta, left + 2 * delta
-    fft_mel = _kaldi_mel(sampling_rate / fft_size * torch.arange(fft_size // 2, dtype=torch.float64))[None, :]
-    up = (fft_mel - left) / (center - left)
-    down = (right - fft_mel) / (right - center)
-    banks = torch.minimum(up, down).clamp_min(0.0)  # [mel, fft_size // 2]
-    return torch.nn.functional.pad(banks, (0, 1))  # [mel, fft_size // 2 + 1]: zero weight at Nyquist
-
-
-def kaldi_fbank(
-    waveform: torch.Tensor, num_mel_bins: int = 128, mel_banks: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Kaldi `compute-fbank-feats` defaults at 16 kHz, as torchaudio.compliance.kaldi.fbank (BEATs' preprocess): 25 ms
-    frames every 10 ms (snip edges), DC offset removed, pre-emphasis 0.97, Povey window, 512-point power spectrum,
-    log mel energies floored at float32 eps, no dither. [samples] -> [frames, num_mel_bins] float32."""
-    frame_length, frame_shift, fft_size = 400, 160, 512
-    x = waveform.to(torch.float64)
-    if x.numel() < frame_length:
-        return torch.zeros(0, num_mel_bins)
-    frames = x.unfold(0, frame_length, frame_shift)  # [frames, 400]
-    frames = frames - frames.mean(dim=1, keepdim=True)
-    previous = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)  # the first sample is its own predecessor
-    frames = frames - 0.97 * previous
-    frames = frames * torch.hann_window(frame_length, periodic=False, dtype=torch.float64).pow(0.85)
-    power = torch.fft.rfft(frames, n=fft_size).abs().pow(2)  # [frames, 257]
-    banks = kaldi_mel_banks(num_mel_bins, fft_size) if mel_banks is None else mel_banks
-    mel = power @ banks.T  # [frames, mel]
-    return mel.clamp_min(torch.finfo(torch.float32).eps).log().to(torch.float32)
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_mel_banks(num_mel_bins: int) -> torch.Tensor:
-    return kaldi_mel_banks(num_mel_bins)
-
-
-class UniMoEBEATsFeatureExtractor(SequenceFeatureExtractor):
-    r"""BEATs inputs for Uni-MoE's sound path: 16 kHz audio cut into chunks of `chunk_samples` (30 s: 480,000 samples;
-    the last padded with zeros, or by repeating its last sample with `chunk_padding="last_sample"` as the original
-    does), each turned into a 128-bin kaldi fbank of `waveform * 2**15` (2998 frames per 30 s).
-    The fbank is NOT normalised: the model's BEATs applies (fbank - 15.41663) / (2 * 6.55582) itself.
-
-    Returns `sound_features` [chunks, 2998, 128], `sound_features_mask` [chunks, 2998] (1 = frame of real audio: a
-    frame is padding when all 160 samples of its hop are padding, as the original BEATs' sample-mask downsampling
-    gives) and `sound_chunks` (chunks per input). A sound longer than `max_chunks` chunks raises
-    `TooManyChunksError`, or keeps its first `max_chunks` chunks when called with `truncation=True` (what the
-    original does, without a word, at 20 chunks).
-    """
-
-    model_input_names = ["sound_features", "sound_features_mask"]
-
-    def __init__(self, feature_size=128, sampling_rate=SAMPLING_RATE, padding_value=0.0, chunk_samples=CHUNK_SAMPLES,
-                 max_chunks=ORIGINAL_MAX_SOUND_CHUNKS, waveform_scale=2**15, chunk_padding="zeros", **kwargs):  # fmt: skip
-        super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
-        if chunk_padding not in SOUND_CHUNK_PADDINGS:
-            raise ValueError(f"chunk_padding must be one of {SOUND_CHUNK_PADDINGS}, got {chunk_padding!r}.")
-        self.chunk_samples = chunk_samples
-        self.max_chunks = max_chunks
-        self.waveform_scale = waveform_scale
-        self.chunk_padding = chunk_padding
-
-    @property
-    def frames_per_chunk(self) -> int:
-        return 1 + (self.chunk_samples - 400) // 160
-
-    def num_chunks(self, num_samples: int) -> int:
-        return num_audio_chunks(num_samples, self.chunk_samples)
-
-    def __call__(self, raw_audio, sampling_rate=None, truncation=False, return_tensors=None, **kwargs):
-        if sampling_rate is not None and sampling_rate != self.sampling_rate:
-            raise UniMoEProcessingError(
-                f"UniMoEBEATsFeatureExtractor expects {self.sampling_rate} Hz audio, got sampling_rate="
-                f"{sampling_rate}. Resample first (UniMoEProcessor does it for you)."
-            )
-        if isinstance(raw_audio, (np.ndarray, torch.Tensor)) and raw_audio.ndim == 1:
-            raw_audio = [raw_audio]
-        banks = _cached_mel_banks(self.feature_size)
-        features, masks, counts = [], [], []
-        for index, wave in enumerate(raw_audio):
-            wave = np.asarray(wave, dtype=np.float32)
-            if wave.ndim != 1 or wave.size == 0:
-                raise EmptyAudioError(
-                    f"Sound {index} has shape {tuple(wave.shape)}; expected a non-empty 1-D waveform."
-                )
-            chunks = self.num_chunks(wave.size)
-            if chunks > self.max_chunks:
-                seconds = wave.size / self.sampling_rate
-                if not truncation:
-                    raise TooManyChunksError(
-                        too_many_chunks_message(f"Sound {index}", seconds, chunks, self.chunk_samples, self.max_chunks)
-                    )
-                logger.warning(
-                    f"Sound {index} ({seconds:.1f} s) is truncated to its first "
-                    f"{self.max_chunks * self.chunk_samples / self.sampling_rate:g} s."
-                )
-                wave = wave[: self.max_chunks * self.chunk_samples]
-            pieces, real = audio_chunks(wave, self.chunk_samples, padding=self.chunk_padding)
-            counts.append(len(pieces))
-            for piece, length in zip(pieces, real, strict=True):
-                features.append(kaldi_fbank(torch.from_numpy(piece) * self.waveform_scale, self.feature_size, banks))
-                mask = torch.zeros(self.frames_per_chunk, dtype=torch.long)
-                mask[: min(self.frames_per_chunk, math.ceil(length / 160))] = 1
-                masks.append(mask)
-        data = {
-            "sound_features": torch.stack(features).numpy(),
-            "sound_features_mask": torch.stack(masks).numpy(),
-            "sound_chunks": counts,
-        }
-        return BatchFeature(data, tensor_type=return_tensors)
 
 
 # --- the processor ----------------------------------------------------------------------------------------------------
@@ -945,7 +163,7 @@ def _is_single(kind: str, value) -> bool:
     """Whether `value` is one media item of `kind` (rather than a list of items)."""
     if value is None:
         return False
-    if _is_path_like(value) or isinstance(value, (bytes, bytearray, dict, Image.Image)):
+    if is_path_like(value) or isinstance(value, (bytes, bytearray, dict, Image.Image)):
         return True
     if isinstance(value, (np.ndarray, torch.Tensor)):  # a batch only with one more dim than an item
         return value.ndim != {"image": 4, "video": 5}.get(kind, -1)
@@ -1300,7 +518,7 @@ class UniMoEProcessor(ProcessorMixin):
         texts = [text] if isinstance(text, str) else text
         if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
             raise UniMoEProcessingError(
-                f"`text` must be a string or a non-empty list of strings, got {_describe(text)}"
+                f"`text` must be a string or a non-empty list of strings, got {describe_source(text)}"
                 + (f" with items {[type(t).__name__ for t in texts][:5]}" if isinstance(texts, (list, tuple)) else "")
                 + "."
             )
@@ -2032,7 +1250,6 @@ def make_clip_image_processor(image_size: int):
 
 
 __all__ = [
-    "AudioLimit",
     "EmptyAudioError",
     "MediaDecodeError",
     "MediaTooLargeError",
@@ -2040,15 +1257,7 @@ __all__ = [
     "PlaceholderCountError",
     "PromptTooLongError",
     "TooManyChunksError",
-    "UniMoEBEATsFeatureExtractor",
     "UniMoEProcessingError",
     "UniMoEProcessor",
-    "audio_chunks",
-    "kaldi_fbank",
-    "load_audio",
-    "load_image",
-    "load_video",
-    "resample_audio",
-    "resampled_length",
-    "windowed_sinc_resample",
+    "audio_kind_for_question",
 ]

@@ -3,7 +3,7 @@
     python tests/processor_version_dump.py FOLDER MEDIA_DIR OUT_DIR [CONVERTED]
 
 FOLDER holds the Hub processor files (processor_config.json, tokenizer files, chat_template.jinja,
-processing_unimoe.py) and is loaded with `AutoProcessor.from_pretrained(FOLDER, trust_remote_code=True)`. MEDIA_DIR
+processing_unimoe.py and its siblings) and is loaded with `AutoProcessor.from_pretrained(FOLDER, trust_remote_code=True)`. MEDIA_DIR
 holds red.png, clip.mp4, speech.wav and beeps.flac. Writes OUT_DIR/arrays.npz (every model input of every case, as
 numpy) and OUT_DIR/strings.json (rendered prompts, decoded texts, tokens, error messages, versions; and the replies
 of both pipelines when FOLDER is a whole model folder, with config.json). CONVERTED, when given, is a processor folder

@@ -1,8 +1,9 @@
 """`python -m hub_export.convert`: released layouts in, Hub folders out, logits equal to the original's.
 
-Each variant's fake release (tests/original_reference.py) is converted, the folder is loaded in a fresh process through
+Each variant's fake release (hub_export/fake_release.py) is converted, the folder is loaded in a fresh process through
 AutoModelForCausalLM with trust_remote_code (this repository's packages blocked), and its logits are compared with an
-independent reference of the original forward pass (negative-id splicing, per-token routing, LoRA unmerged).
+independent reference of the original forward pass (tests/original_reference.py: negative-id splicing, per-token
+routing, LoRA unmerged).
 """
 
 import json
@@ -18,9 +19,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from hub_export.convert import ConversionError, convert, main, push_folder
+from hub_export.convert import convert, main, push_folder
+from hub_export.errors import ConversionError
+from hub_export.fake_release import VOCAB, build_release
 
-from .original_reference import VOCAB, OriginalReference, build_release, hf_inputs, make_prompts
+from .original_reference import OriginalReference, hf_inputs, make_prompts
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -281,7 +284,7 @@ def test_wrong_variant_name(broken, tmp_path, capsys):
 
 
 def test_a_failure_while_writing_leaves_no_output(broken, tmp_path, monkeypatch):
-    import hub_export.convert as module
+    import hub_export.write as module
 
     calls = {"n": 0}
     original = module.materialize

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from modeling_unimoe import UniMoEConfig, UniMoEForCausalLM
 from modeling_unimoe.configuration_unimoe import PRESETS
+from modeling_unimoe.processing.export import PROCESSOR_HUB_FILES
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ RECIPES = REPO / "recipes" / "transformers"
 HUB_SOURCES = [
     REPO / "modeling_unimoe" / "configuration_unimoe.py",
     REPO / "modeling_unimoe" / "modeling_unimoe.py",
-    REPO / "processing" / "processing_unimoe.py",
+    *(REPO / "processing" / name for name in PROCESSOR_HUB_FILES),
     REPO / "processing" / "pipeline_unimoe.py",
     REPO / "processing" / "chat_template.jinja",
 ]
@@ -146,7 +147,7 @@ def test_merged_folder_runs_both_pipelines_without_the_package(trainer_run, hub_
         "configuration_unimoe.py",
         "modeling_unimoe.py",
         "pipeline_unimoe.py",
-        "processing_unimoe.py",
+        *PROCESSOR_HUB_FILES,
         "processor_config.json",
         "chat_template.jinja",
         "tokenizer.json",

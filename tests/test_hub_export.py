@@ -15,12 +15,13 @@ from hub_export.build import build
 from hub_export.check import fixed_prompt
 from hub_export.output import OutputFolderError
 from modeling_unimoe import UniMoEForCausalLM
+from modeling_unimoe.processing.export import PROCESSOR_HUB_FILES
 
 
 REPO = Path(__file__).resolve().parents[1]
 HUB_FILES = [REPO / "modeling_unimoe" / "configuration_unimoe.py", REPO / "modeling_unimoe" / "modeling_unimoe.py"]
 # the processor side may also use numpy and PIL (transformers' own processors need them)
-PROCESSOR_HUB_FILES = [REPO / "processing" / "processing_unimoe.py", REPO / "processing" / "pipeline_unimoe.py"]
+PROCESSOR_SOURCES = [REPO / "processing" / name for name in (*PROCESSOR_HUB_FILES, "pipeline_unimoe.py")]
 
 
 def test_save_load_round_trip_is_exact(tmp_path, tiny_model):
@@ -64,10 +65,10 @@ def test_saving_a_loaded_folder_keeps_its_custom_pipeline_file(tmp_path):
     assert (tmp_path / "saved" / "pipeline_unimoe.py").read_bytes() == (source / "pipeline_unimoe.py").read_bytes()
 
 
-@pytest.mark.parametrize("file", HUB_FILES + PROCESSOR_HUB_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("file", HUB_FILES + PROCESSOR_SOURCES, ids=lambda p: p.name)
 def test_hub_files_import_only_torch_transformers_stdlib_and_siblings(file):
     allowed = {"torch", "transformers"} | set(sys.stdlib_module_names)
-    if file in PROCESSOR_HUB_FILES:
+    if file in PROCESSOR_SOURCES:
         allowed |= {"numpy", "PIL"}
     for node in ast.walk(ast.parse(file.read_text())):
         if isinstance(node, ast.Import):
@@ -145,7 +146,7 @@ def test_build_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path, monk
     [
         "modeling_unimoe/configuration_unimoe.py",
         "modeling_unimoe/modeling_unimoe.py",
-        "processing/processing_unimoe.py",
+        *(f"processing/{name}" for name in PROCESSOR_HUB_FILES),
         "processing/pipeline_unimoe.py",
         "processing/chat_template.jinja",
     ],

@@ -14,17 +14,17 @@ import zlib
 import numpy as np
 import pytest
 
-from modeling_unimoe.processing.processing_unimoe import (
-    CHUNK_SAMPLES,
+from modeling_unimoe.processing.feature_extraction_unimoe import CHUNK_SAMPLES
+from modeling_unimoe.processing.media_unimoe import (
     MAX_IMAGE_PIXELS,
     AudioLimit,
     MediaTooLargeError,
     PromptTooLongError,
     TooManyChunksError,
-    UniMoEProcessor,
     load_audio,
     load_image,
 )
+from modeling_unimoe.processing.processing_unimoe import UniMoEProcessor
 
 from .processing_helpers import SR, color_image, sine, tiny_processor, write_audio, write_m4a, write_video
 from .test_processor_faithfulness import TINY_CHECKPOINT

@@ -2,6 +2,7 @@
 cannot be imported), the `image-text-to-text` pipeline and the custom `unimoe-any-to-text` pipeline."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,13 @@ import pytest
 import torch
 
 from modeling_unimoe import UniMoEForCausalLM
-from modeling_unimoe.processing.export import CUSTOM_PIPELINES, PIPELINE_TASK, add_custom_pipeline, save_tiny_processor
+from modeling_unimoe.processing.export import (
+    CUSTOM_PIPELINES,
+    PIPELINE_TASK,
+    PROCESSOR_HUB_FILES,
+    add_custom_pipeline,
+    save_tiny_processor,
+)
 
 from .processing_helpers import sine, tiny_config, write_audio, write_image, write_video
 
@@ -63,7 +70,7 @@ def test_folder_layout(folder):
         "model.safetensors",
         "modeling_unimoe.py",
         "configuration_unimoe.py",
-        "processing_unimoe.py",
+        *PROCESSOR_HUB_FILES,
         "pipeline_unimoe.py",
         "processor_config.json",
         "tokenizer.json",
@@ -74,9 +81,12 @@ def test_folder_layout(folder):
     assert processor_config["auto_map"] == {"AutoProcessor": "processing_unimoe.UniMoEProcessor"}
     assert processor_config["image_seq_length"] == 36 and processor_config["num_sound_query_tokens"] == 8
     assert json.loads((folder / "config.json").read_text())["custom_pipelines"] == CUSTOM_PIPELINES
-    # the Hub file imports nothing of this repository
-    source = (folder / "processing_unimoe.py").read_text()
-    assert "modeling_unimoe" not in source.split('"""', 2)[2] and "from ." not in source
+    # the processor's Hub files import nothing of this repository, only each other
+    for name in PROCESSOR_HUB_FILES:
+        code = (folder / name).read_text().split('"""', 2)[2]
+        assert "modeling_unimoe" not in code, name
+        siblings = {f"{sibling}.py" for sibling in re.findall(r"^from \.(\w+) import", code, re.MULTILINE)}
+        assert siblings <= set(PROCESSOR_HUB_FILES), (name, siblings)
 
 
 def test_image_text_to_text_pipeline(folder):

@@ -8,24 +8,26 @@ import pytest
 import torch
 
 from modeling_unimoe import UniMoEForCausalLM
-from modeling_unimoe.processing.processing_unimoe import (
+from modeling_unimoe.processing.feature_extraction_unimoe import (
     CHUNK_SAMPLES,
+    UniMoEBEATsFeatureExtractor,
+    kaldi_fbank,
+    kaldi_mel_banks,
+)
+from modeling_unimoe.processing.media_unimoe import (
     EmptyAudioError,
     MediaDecodeError,
     NotEnoughFramesError,
     PlaceholderCountError,
     PromptTooLongError,
     TooManyChunksError,
-    UniMoEBEATsFeatureExtractor,
     UniMoEProcessingError,
-    UniMoEProcessor,
-    kaldi_fbank,
-    kaldi_mel_banks,
     load_audio,
     load_video,
     resample_audio,
     sample_frame_indices,
 )
+from modeling_unimoe.processing.processing_unimoe import UniMoEProcessor
 from modeling_unimoe.processing.tiny_tokenizer import TINY_SPECIAL_TOKENS, build_tiny_tokenizer
 
 from .processing_helpers import (

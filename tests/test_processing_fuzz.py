@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from modeling_unimoe import UniMoEForCausalLM
-from modeling_unimoe.processing.processing_unimoe import (
+from modeling_unimoe.processing.media_unimoe import (
     MediaDecodeError,
     NotEnoughFramesError,
     PlaceholderCountError,

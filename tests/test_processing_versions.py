@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from modeling_unimoe.processing.export import PROCESSOR_HUB_FILES
+
 from .processing_helpers import sine, write_audio, write_image, write_video
 from .test_processor_faithfulness import write_converted_processor, write_release_tokenizer
 
@@ -27,16 +29,16 @@ VENVS = sorted(path.parents[1] for path in REPO.glob("build/venvs/tf-*/bin/pytho
 # pipelines' replies (greedy decoding of the model, which is not what this test compares: checked to be text)
 NOT_COMPARED = {"reloaded_files", "pipelines"}
 REQUIRED_FILES = {"processor_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-                  "processing_unimoe.py"}  # fmt: skip
+                  *PROCESSOR_HUB_FILES}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """The tiny checkpoint with this tree's Hub files: processing_unimoe.py, pipeline_unimoe.py, chat_template.jinja
-    and the modeling files (the pipelines need the model)."""
+    """The tiny checkpoint with this tree's Hub files: the processor's (`PROCESSOR_HUB_FILES`), pipeline_unimoe.py,
+    chat_template.jinja and the modeling files (the pipelines need the model)."""
     out = tmp_path_factory.mktemp("unimoe-tiny") / "uni-moe-tiny"
     shutil.copytree(CHECKPOINT, out)
-    for name in ("processing_unimoe.py", "pipeline_unimoe.py", "chat_template.jinja"):
+    for name in (*PROCESSOR_HUB_FILES, "pipeline_unimoe.py", "chat_template.jinja"):
         shutil.copyfile(REPO / "processing" / name, out / name)
     for name in ("modeling_unimoe.py", "configuration_unimoe.py"):
         shutil.copyfile(REPO / "modeling_unimoe" / name, out / name)

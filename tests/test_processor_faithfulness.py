@@ -24,14 +24,14 @@ from hub_export.processor_files import save_processor_files
 from modeling_unimoe import UniMoEConfig
 from modeling_unimoe.configuration_unimoe import PRESETS
 from modeling_unimoe.processing.export import ORIGINAL_PREPROCESSING, build_processor, build_tiny_processor_tokenizer
-from modeling_unimoe.processing.processing_unimoe import (
-    CHUNK_SAMPLES,
+from modeling_unimoe.processing.feature_extraction_unimoe import CHUNK_SAMPLES
+from modeling_unimoe.processing.media_unimoe import (
     TooManyChunksError,
-    UniMoEProcessor,
     load_audio,
     resample_audio,
     windowed_sinc_resample,
 )
+from modeling_unimoe.processing.processing_unimoe import UniMoEProcessor
 from modeling_unimoe.processing.tiny_tokenizer import tiny_corpus
 
 from .processing_helpers import SR, color_image, sine, tiny_config, tiny_processor, video_frames, write_audio

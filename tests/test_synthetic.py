@@ -336,7 +336,7 @@ def test_json_layout_and_load_split_round_trip(tmp_path):
 
 
 def test_files_load_with_the_processor_loaders(tmp_path):
-    loaders = pytest.importorskip("modeling_unimoe.processing.processing_unimoe")
+    loaders = pytest.importorskip("modeling_unimoe.processing.media_unimoe")
     write_split(tmp_path, "train", n_per_task=1, tasks=["video_direction", "sound_beeps"])
     dataset = load_split(tmp_path, "train")
     frames = loaders.load_video(dataset[0]["video"], num_frames=8)

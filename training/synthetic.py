@@ -146,7 +146,7 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int = SAMPLING_RATE) -> 
     """Band-limited resampling of a 1-D waveform between any two integer rates: the processor's `resample_audio`
     (python-soxr at high quality on float32 samples, as librosa's default) with argument checks. Output: float32,
     ceil(len * target_sr / orig_sr) samples."""
-    from modeling_unimoe.processing.processing_unimoe import resample_audio
+    from modeling_unimoe.processing.media_unimoe import resample_audio
 
     _check_int("orig_sr", orig_sr, 1)
     _check_int("target_sr", target_sr, 1)

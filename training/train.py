@@ -4,6 +4,7 @@
     python -m modeling_unimoe.training.train recipes/tiny/stage1.yaml
     python -m modeling_unimoe.training.train recipes/tiny/stage3.yaml training.max_steps=20 output_dir=build/x
     accelerate launch --multi_gpu --num_processes 2 -m modeling_unimoe.training.train recipes/tiny/stage3.yaml  # 2 CPU processes (gloo) when no GPU
+    accelerate launch --config_file recipes/accelerate/fsdp2.yaml --num_processes 8 -m modeling_unimoe.training.train recipes/uni-moe/stage3.yaml
 
 A recipe (paths relative to the working directory) holds:
 
@@ -29,7 +30,9 @@ A recipe (paths relative to the working directory) holds:
 
 Overrides are `dotted.key=value` (values parsed as YAML). Each stage output is a complete Hub folder (weights,
 config, processor); checkpoints go to `output_dir/checkpoint-*` and `resume_from_checkpoint=true` (or a path)
-continues exactly where a run stopped.
+continues exactly where a run stopped. Under FSDP or DeepSpeed ZeRO-3 (the accelerate config files in
+recipes/accelerate/) checkpoints are sharded, and the stage output is gathered from every process into the same
+normal Hub folder.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from pathlib import Path
 import torch
 import yaml
 from transformers import Trainer, TrainingArguments
+
+from modeling_unimoe import UniMoEForCausalLM
 
 from .collator import EncodedDataset, UniMoECollator
 from .stages import apply_lora, build_moe_model, freeze_for_stage, load_model
@@ -194,6 +199,42 @@ def _processor_for(model, source):
     return build_processor(model.config, build_tiny_processor_tokenizer(model.config))
 
 
+def gathered_model(trainer, model, merge_lora: bool = False):
+    """The trained model as one plain module on the first process (None on the others), LoRA merged if
+    `merge_lora`. Under FSDP or DeepSpeed ZeRO-3 each process holds a shard of every parameter: all processes must
+    call this, their shards are gathered into a full state dict on the first one, which loads it into a fresh copy of
+    the model built on the meta device (so the gathered weights are the only full copy in memory)."""
+    from accelerate.utils import DistributedType
+
+    accelerator = trainer.accelerator
+    zero3 = accelerator.distributed_type == DistributedType.DEEPSPEED and (
+        accelerator.state.deepspeed_plugin.zero_stage == 3
+    )
+    if accelerator.distributed_type != DistributedType.FSDP and not zero3:
+        if not trainer.is_world_process_zero():
+            return None
+        return copy.deepcopy(model).merge_and_unload() if merge_lora else model
+    state = accelerator.get_state_dict(trainer.model)  # a collective: every process takes part
+    if not trainer.is_world_process_zero():
+        return None
+    from accelerate import init_empty_weights
+
+    unwrapped = accelerator.unwrap_model(trainer.model)
+    is_peft = hasattr(unwrapped, "peft_config")
+    config = copy.deepcopy((unwrapped.get_base_model() if is_peft else unwrapped).config)
+    with init_empty_weights():  # parameters on the meta device; buffers (RoPE frequencies) are computed as usual
+        plain = UniMoEForCausalLM(config)
+    if is_peft:
+        from peft import get_peft_model
+
+        plain = get_peft_model(plain, copy.deepcopy(unwrapped.peft_config["default"]))
+    plain.load_state_dict({name: value.detach().cpu() for name, value in state.items()}, strict=True, assign=True)
+    if is_peft and merge_lora:
+        plain = plain.merge_and_unload()
+    plain.tie_weights()
+    return plain
+
+
 def save_stage_output(model, processor, out_dir) -> Path:
     """A complete Hub folder: weights + config (+ modeling files), processor files and the custom pipeline."""
     from modeling_unimoe.processing.export import add_custom_pipeline, save_processor
@@ -309,8 +350,9 @@ def run_stage(recipe: dict, log=print) -> list[Path]:
             log(f"[stage {stage}] {name or 'all'}: trainable {counts}")
             target = out if name is None else out / name
             trainer = _train(model, processor, run_recipe, target, modalities, log)
+            trained = gathered_model(trainer, model)
             if trainer.is_world_process_zero():
-                written.append(save_stage_output(model, processor, target))
+                written.append(save_stage_output(trained, processor, target))
                 _write_summary(trainer, target)
             trainer.accelerator.wait_for_everyone()
         return written
@@ -343,8 +385,8 @@ def run_stage(recipe: dict, log=print) -> list[Path]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"[stage 3] experts {list(moe['experts'])}, trainable {trainable} (routers {counts.get('routers', 0)} + LoRA)")
     trainer = _train(model, processor, recipe, out, log=log)
+    merged = gathered_model(trainer, model, merge_lora=True)
     if trainer.is_world_process_zero():
-        merged = copy.deepcopy(model).merge_and_unload()
         merged.config.text_config.output_router_logits = False
         written.append(save_stage_output(merged, processor, out))
         _write_summary(trainer, out)
