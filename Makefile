@@ -6,9 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TINY := build/uni-moe-tiny-random
 PORT ?= 7860
+VLLM_PORT ?= 8000
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run smoke test test-compat compat-venvs test-slow quality style benchmarks clean
+.PHONY: run smoke serve test test-compat compat-venvs test-slow test-vllm quality style benchmarks benchmark-serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +23,11 @@ $(STAMP): pyproject.toml
 # serves demo/app.py on checkpoints/uni-moe-tiny and prints its URL (http://127.0.0.1:$(PORT)/); Ctrl-C stops it
 run: $(STAMP)
 	$(BIN)/python demo/app.py --host 127.0.0.1 --port $(PORT)
+
+# serves checkpoints/uni-moe-tiny with vLLM's OpenAI-compatible server on http://127.0.0.1:$(VLLM_PORT)/v1 (CPU,
+# float32); makes the vLLM venv build/venvs/vllm first (about 3 GB; seconds when current). Ctrl-C stops it
+serve: $(STAMP)
+	$(BIN)/python -m serving.serve --port $(VLLM_PORT)
 
 # builds the random tiny model, exports it as a Hub folder and loads it back through the Auto classes
 smoke: $(STAMP)
@@ -54,6 +60,11 @@ $(CHROMIUM):
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# vLLM serving (tests/test_vllm.py, slow): makes the vLLM venv, then checks vLLM's greedy tokens against transformers
+test-vllm: $(STAMP)
+	$(BIN)/python -m serving.venv
+	$(BIN)/python -m pytest -q -rs -m slow tests/test_vllm.py
+
 quality: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
@@ -67,6 +78,11 @@ benchmarks: $(STAMP)
 	$(BIN)/python -m benchmarks.train --out benchmarks/RESULTS.md
 	$(BIN)/python -m benchmarks.quantize --out benchmarks/RESULTS.md
 	$(BIN)/python -m benchmarks.convert --out benchmarks/RESULTS.md
+
+# vLLM's server against sequential and batched transformers generate (makes the vLLM venv first)
+benchmark-serve: $(STAMP)
+	$(BIN)/python -m serving.venv
+	$(BIN)/python -m benchmarks.serve --out benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) build

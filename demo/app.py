@@ -4,12 +4,15 @@
     python demo/app.py                                    # http://127.0.0.1:7860, the default model (below)
     python demo/app.py --model org/uni-moe --revision COMMIT --port 8080   # a Hub id (pinned) or a local folder
     python demo/app.py --quantization 4bit                # bitsandbytes 4-bit (NF4) weights; 8bit: LLM.int8
+    python demo/app.py --backend vllm --url http://127.0.0.1:8000/v1   # answers from a running vLLM server
 
 This folder is also a Hugging Face Space as it stands; there, everything comes from environment variables:
   UNIMOE_DEMO_MODEL          Hub id or folder of the model (default: the checkout's checkpoints/uni-moe-tiny when
                              this file sits in the uni-moe repository, else the Hub id uni-moe/uni-moe-tiny)
   UNIMOE_DEMO_REVISION       branch, tag or commit of a Hub model (its remote code runs with trust_remote_code)
   UNIMOE_DEMO_QUANTIZATION   none (default), 4bit or 8bit
+  UNIMOE_DEMO_BACKEND        transformers (default: the model runs in this process) or vllm
+  UNIMOE_DEMO_VLLM_URL       the vLLM server's OpenAI API, e.g. http://127.0.0.1:8000/v1 (backend vllm)
   GRADIO_SERVER_NAME / GRADIO_SERVER_PORT   address and port (127.0.0.1 and 7860 when unset; a Space sets
                              0.0.0.0 and 7860). Flags, when given, win over the variables.
 
@@ -32,6 +35,12 @@ The experts panel shows, for the last answer, the share of each modality's token
 text positions of the prompt, system prompt excluded) that the top-k router sent to each expert, per MoE layer: one
 forward pass over the prompt with `output_router_logits=True` (experts_panel.py, beside this file).
 
+Backend vllm: the answers come from a running vLLM server of the same model (`python -m serving.serve` in the
+uni-moe repository, `make serve`): continuous batching answers many users at once. The demo still loads the model's
+processor (not its weights): it checks the files and fits the history to the server's context (`max_model_len`) before
+sending the chat as OpenAI content parts (media as data URLs). Audio goes to the model's `<audio>` path (vLLM's chat
+API has one audio kind, so "Audio is" is not offered), and there is no experts panel (the weights are in the server).
+
 Uploads and experts plots live in one temporary folder (gradio's cache) and are deleted `--keep-files` seconds
 after they were made and all at exit (the folder too, unless GRADIO_TEMP_DIR names one of your own).
 """
@@ -40,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import mimetypes
 import os
@@ -71,6 +81,9 @@ CHECKOUT_MODEL = HERE.parent / "checkpoints" / "uni-moe-tiny"  # the embedded mo
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 QUANTIZATIONS = ("none", "4bit", "8bit")
+BACKEND_VARIABLE = "UNIMOE_DEMO_BACKEND"
+VLLM_URL_VARIABLE = "UNIMOE_DEMO_VLLM_URL"
+BACKENDS = ("transformers", "vllm")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg")
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".m4a", ".aac", ".opus")
@@ -124,8 +137,18 @@ def get_args(argv=None, environ=None) -> argparse.Namespace:
     )
     quantization.add_argument("--load-in-4bit", action="store_true", help="the same as --quantization 4bit")
     quantization.add_argument("--load-in-8bit", action="store_true", help="the same as --quantization 8bit")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, help=f"who runs the model (default: ${BACKEND_VARIABLE}, else transformers)"
+    )
+    parser.add_argument(
+        "--url", help=f"backend vllm: the server's OpenAI API, e.g. http://127.0.0.1:8000/v1 (${VLLM_URL_VARIABLE})"
+    )
     parser.add_argument("--max-queue", type=int, default=32, help="requests waiting at most; more are refused")
-    parser.add_argument("--concurrency", type=int, default=2, help="requests processed at once (model calls queue)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        help="requests processed at once (default: 2 with transformers, whose model calls queue; 32 with vllm)",
+    )
     parser.add_argument("--max-file-size", default="50mb", help="largest upload, e.g. 50mb or 1gb")
     parser.add_argument(
         "--keep-files",
@@ -136,6 +159,25 @@ def get_args(argv=None, environ=None) -> argparse.Namespace:
     )
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     args = parser.parse_args(argv)
+    if args.backend is None:
+        value = environ.get(BACKEND_VARIABLE, "").strip().lower()
+        if value not in ("", *BACKENDS):
+            _fail(
+                f"{BACKEND_VARIABLE} is {environ[BACKEND_VARIABLE]!r}; expected one of {', '.join(BACKENDS)}. Set it "
+                "to one of these, or unset it for transformers."
+            )
+        args.backend = value or "transformers"
+    if args.url is None:
+        args.url = environ.get(VLLM_URL_VARIABLE, "").strip() or None
+    if args.backend == "vllm" and not args.url:
+        parser.error(
+            f"--backend vllm needs the server's address: pass --url (or set {VLLM_URL_VARIABLE}), e.g. "
+            "http://127.0.0.1:8000/v1 for `python -m serving.serve` of the uni-moe repository."
+        )
+    if args.backend == "vllm" and (args.quantization not in (None, "none") or args.load_in_4bit or args.load_in_8bit):
+        parser.error("--quantization applies to the transformers backend: a vLLM server quantizes its own weights.")
+    if args.concurrency is None:
+        args.concurrency = 32 if args.backend == "vllm" else 2
     if args.max_queue < 1 or args.concurrency < 1:
         parser.error(f"--max-queue ({args.max_queue}) and --concurrency ({args.concurrency}) must be >= 1.")
     if args.keep_files < 1:
@@ -250,8 +292,11 @@ def quiet_repeated_warnings() -> None:
         target.addFilter(_FirstOfEachMessage())
 
 
-def load(model: str, revision: str | None = None, quantization: str = "none", origin: str = "--model"):
-    """Model (eval mode) and processor of a Hub id or folder, through the Auto classes with remote code."""
+def load(
+    model: str, revision: str | None = None, quantization: str = "none", origin: str = "--model", weights: bool = True
+):
+    """Model (eval mode) and processor of a Hub id or folder, through the Auto classes with remote code; with
+    `weights=False` the processor alone (the model is None)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoProcessor
 
@@ -285,7 +330,7 @@ def load(model: str, revision: str | None = None, quantization: str = "none", or
         model_kwargs["device_map"] = "cuda:0" if torch.cuda.is_available() else "cpu"
         quiet_repeated_warnings()
     try:
-        network = AutoModelForCausalLM.from_pretrained(source, **model_kwargs).eval()
+        network = AutoModelForCausalLM.from_pretrained(source, **model_kwargs).eval() if weights else None
         processor = AutoProcessor.from_pretrained(source, **kwargs)
     except ImportError as error:
         _fail(
@@ -304,9 +349,97 @@ def load(model: str, revision: str | None = None, quantization: str = "none", or
             "--model) to a local folder holding config.json, the weights and the processor files, or to a Hub id "
             f"this machine can reach.{hint}"
         )
-    if "quantization_config" not in model_kwargs and torch.cuda.is_available():
+    if network is not None and "quantization_config" not in model_kwargs and torch.cuda.is_available():
         network = network.to("cuda")
     return network, processor
+
+
+# ----------------------------------------------------------------------------------------------------- vLLM backend
+
+
+class VLLMRequestError(Exception):
+    """The vLLM server refused a request (HTTP 4xx): `message` is its reason (for Uni-MoE media, the processor's)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status, self.message = status, message
+
+
+def _data_url(path: str) -> str:
+    import base64
+
+    mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(Path(path).read_bytes()).decode()}"
+
+
+def openai_messages(messages: list[dict]) -> list[dict]:
+    """Chat messages with the processor's content blocks ({"type": "image" | "video" | "audio", "path"} and text) ->
+    OpenAI chat messages: media as data URLs in image_url / video_url / input_audio parts."""
+    converted = []
+    for message in messages:
+        parts = []
+        for block in message["content"]:
+            kind = block["type"]
+            if kind == "text":
+                parts.append({"type": "text", "text": block["text"]})
+            elif kind in ("image", "video"):
+                parts.append({"type": f"{kind}_url", f"{kind}_url": {"url": _data_url(block["path"])}})
+            elif kind == "audio":
+                data = _data_url(block["path"]).split(",", 1)[1]
+                audio_format = Path(block["path"]).suffix.lstrip(".").lower() or "wav"
+                parts.append({"type": "input_audio", "input_audio": {"data": data, "format": audio_format}})
+            else:
+                raise DemoInputError(f"The vLLM backend cannot send a {kind!r} block; expected image, video or audio.")
+        converted.append({"role": message["role"], "content": parts})
+    return converted
+
+
+class VLLMBackend:
+    """A running vLLM server's OpenAI chat completions API (`url` ends in /v1), streamed."""
+
+    def __init__(self, url: str, timeout: float = 600):
+        import httpx
+
+        self.url = url.rstrip("/")
+        self.client = httpx.Client(base_url=self.url, timeout=timeout)
+        try:
+            response = self.client.get("/models", timeout=10)
+            response.raise_for_status()
+            served = response.json()["data"][0]
+        except (httpx.HTTPError, ValueError, KeyError, IndexError) as error:
+            raise ConnectionError(
+                f"no vLLM server answers at {self.url} ({type(error).__name__}: {error}). Start one (`make serve` in "
+                "the uni-moe repository serves the embedded model on http://127.0.0.1:8000/v1) or fix --url."
+            ) from None
+        self.model = served["id"]
+        self.max_model_len = int(served.get("max_model_len") or 0) or None
+
+    def stream(self, messages: list[dict], max_new_tokens: int, temperature: float):
+        """Yields the answer's text pieces; raises VLLMRequestError when the server refuses the request."""
+        body = {
+            "model": self.model,
+            "messages": openai_messages(messages),
+            "max_tokens": max_new_tokens,
+            "temperature": temperature,
+            "stream": True,
+        }
+        with self.client.stream("POST", "/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                response.read()
+                try:
+                    message = response.json()["error"]["message"]
+                except (ValueError, KeyError, TypeError):
+                    message = response.text
+                if 400 <= response.status_code < 500:
+                    raise VLLMRequestError(response.status_code, message)
+                raise RuntimeError(f"The vLLM server at {self.url} failed (HTTP {response.status_code}): {message}")
+            for line in response.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                choices = json.loads(line[len("data: ") :]).get("choices") or [{}]
+                piece = (choices[0].get("delta") or {}).get("content")
+                if piece:
+                    yield piece
 
 
 # ------------------------------------------------------------------------------------------------------ chat helpers
@@ -605,10 +738,10 @@ API_DESCRIPTION = (
 )
 
 
-def build_demo(model, processor, title: str = "Uni-MoE", keep_files: int = 3600):
+def build_demo(model, processor, title: str = "Uni-MoE", keep_files: int = 3600, backend: VLLMBackend | None = None):
     """The Gradio Blocks: a multimodal chat (endpoint /chat) with sampling controls, the history switch, the
     context line and the experts panel. Files the app makes or receives are deleted `keep_files` seconds later (and
-    all when the server stops)."""
+    all when the server stops). With a `backend` (a vLLM server) the answers come from it and `model` is unused."""
     import gradio as gr
     from experts_panel import plot_routing, routing_report, system_prefix_length
     from transformers import TextIteratorStreamer
@@ -618,9 +751,14 @@ def build_demo(model, processor, title: str = "Uni-MoE", keep_files: int = 3600)
     too_long = tuple(c for c in (_processor_error_class(processor, "PromptTooLongError"),) if c is not None)
     controls = control_strings(processor)
     prefix_length = system_prefix_length(processor)
-    context = int(model.config.get_text_config().max_position_embeddings)
-    both_audio_paths = processor.audio_path == "speech" and processor.sound_token_id is not None
-    has_moe = bool(model.config.get_text_config().moe_layer_indices)
+    if backend is None:
+        context = int(model.config.get_text_config().max_position_embeddings)
+        has_moe = bool(model.config.get_text_config().moe_layer_indices)
+    else:
+        context = backend.max_model_len or int(processor.tokenizer.model_max_length)
+        has_moe = False  # the routing is in the server
+    # vLLM's chat API has one audio kind: with that backend audio always takes the `<audio>` path
+    both_audio_paths = backend is None and processor.audio_path == "speech" and processor.sound_token_id is not None
 
     def encode(messages):
         return processor.apply_chat_template(
@@ -670,6 +808,8 @@ def build_demo(model, processor, title: str = "Uni-MoE", keep_files: int = 3600)
     def respond(message, history, temperature, max_new_tokens, audio_is, use_history):
         """Yields (answer so far, experts plot or SKIP, context line or SKIP); the last item has all three."""
         max_new_tokens = int(max_new_tokens)
+        if backend is not None:
+            audio_is = "speech"
         current = None
         try:
             text, files = message_parts(message)
@@ -687,7 +827,7 @@ def build_demo(model, processor, title: str = "Uni-MoE", keep_files: int = 3600)
             answer = explain(error, current) if current is not None else str(error)
             yield f"{ERROR_MARK} {answer}", None, "This message was not answered."
             return
-        inputs = fitted.inputs.to(model.device)
+        inputs = fitted.inputs
         notes = []
         if fitted.dropped:
             files_dropped = sum(len(e.files) for e in kept[: fitted.dropped])
@@ -708,6 +848,28 @@ def build_demo(model, processor, title: str = "Uni-MoE", keep_files: int = 3600)
         if fitted.max_new_tokens < max_new_tokens:
             summary += f" The answer was limited to {fitted.max_new_tokens} new tokens by the context."
 
+        if backend is not None:
+            messages = [message for pair in pairs[fitted.dropped :] for message in pair] + [current]
+            answer = ""
+            try:
+                for piece in backend.stream(messages, fitted.max_new_tokens, float(temperature)):
+                    answer += piece
+                    if answer.strip():
+                        yield prefix + answer.strip(), SKIP, SKIP
+            except VLLMRequestError as error:  # the server refused it, with the processor's message for media
+                print(f"Uni-MoE demo: request refused by vLLM: {error}", file=sys.stderr, flush=True)
+                yield f"{ERROR_MARK} {plain_text(error.message)}", None, "This message was not answered."
+                return
+            except Exception as error:
+                traceback.print_exc()
+                raise gr.Error(
+                    f"The vLLM server failed while answering ({type(error).__name__}); the server log has the "
+                    "details. Try again, or ask something else."
+                ) from None
+            yield prefix + (answer.strip() or "(the model gave an empty answer)"), None, summary
+            return
+
+        inputs = inputs.to(model.device)
         streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
         sampling = float(temperature) > 0
         generate_kwargs = dict(
@@ -822,7 +984,12 @@ def build_demo(model, processor, title: str = "Uni-MoE", keep_files: int = 3600)
             with gr.Column(scale=2):
                 context_line.render()
                 experts.render()
-                if not has_moe:
+                if backend is not None:
+                    gr.Markdown(
+                        f"Answers come from the vLLM server at {backend.url}: the experts panel needs the "
+                        "transformers backend."
+                    )
+                elif not has_moe:
                     gr.Markdown("This model has no MoE layers: there is no routing to show.")
         # /chat: its own endpoint (the ChatInterface's passes file outputs on as server paths), with the session's
         # history in a State
@@ -878,10 +1045,19 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, _interrupt)
     cache, demo = None, None
     try:
-        model, processor = load(args.model, args.revision, args.quantization, args.model_origin)
+        backend = None
+        if args.backend == "vllm":
+            try:
+                backend = VLLMBackend(args.url)
+            except ConnectionError as error:
+                _fail(str(error))
+        model, processor = load(
+            args.model, args.revision, args.quantization, args.model_origin, weights=backend is None
+        )
         name = Path(args.model).name if Path(args.model).is_dir() else args.model
         cache = _temporary_cache()
-        demo = build_demo(model, processor, title=f"Uni-MoE ({name})", keep_files=args.keep_files)
+        title = f"Uni-MoE ({name}{', vLLM' if backend else ''})"
+        demo = build_demo(model, processor, title=title, keep_files=args.keep_files, backend=backend)
         demo.queue(max_size=args.max_queue, default_concurrency_limit=args.concurrency)
         try:
             _, local_url, share_url = demo.launch(
