@@ -56,6 +56,11 @@ def ensure_data(data_dir: Path = DATA_DIR) -> Path:
     data_dir = Path(data_dir)
     if (data_dir / _DONE).is_file():
         return data_dir
+    if data_dir.exists():  # this function writes the folder whole (marker included) or not at all
+        raise RuntimeError(
+            f"{data_dir} exists but was not written by the unimoe_synthetic tasks (it has no {_DONE}); it is left as "
+            "it is. Move it away, and the tasks write their dataset there on the next run."
+        )
     try:
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".data-", dir=data_dir.parent))
@@ -71,8 +76,6 @@ def ensure_data(data_dir: Path = DATA_DIR) -> Path:
             lines = "".join(json.dumps(record) + "\n" for record in records)
             (staging / f"{task}.jsonl").write_text(lines)
         (staging / _DONE).write_text(json.dumps({"split": SPLIT, "n_per_task": N_PER_TASK, "seed": SEED}) + "\n")
-        if data_dir.exists():
-            shutil.rmtree(data_dir)
         staging.rename(data_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
