@@ -1,5 +1,6 @@
 """The synthetic task suite (training/synthetic.py): determinism, split disjointness, answers correct by construction
-(checked with independent numpy measurements of the media), the on-disk JSON layout and argument errors."""
+(checked with independent numpy measurements of the media) in the standard and the shifted splits, the shifted ranges
+beside the standard ones, the on-disk JSON layout and argument errors."""
 
 import hashlib
 import json
@@ -17,10 +18,12 @@ from modeling_unimoe.training.synthetic import (
     NUMBER_WORDS,
     QUESTIONS,
     SAMPLING_RATE,
+    SHIFTED,
     SOUND_RATES,
     SPEECH_DIR,
     SPEECH_SPEAKERS,
     SPLITS,
+    STANDARD,
     TASKS,
     is_correct,
     load_split,
@@ -45,8 +48,10 @@ def media_bytes(example) -> bytes:
     return example["question"].encode()
 
 
-def components(mask: np.ndarray) -> list[np.ndarray]:
-    """4-connected components of a boolean mask, each as an [n, 2] array of (row, col)."""
+def components(mask: np.ndarray, diagonal: bool = False) -> list[np.ndarray]:
+    """Connected components of a boolean mask (4-connected; 8-connected with `diagonal`), each as an [n, 2] array of
+    (row, col)."""
+    steps = [(1, 0), (-1, 0), (0, 1), (0, -1)] + ([(1, 1), (1, -1), (-1, 1), (-1, -1)] if diagonal else [])
     seen, found = np.zeros_like(mask), []
     for start in zip(*np.nonzero(mask), strict=True):
         if seen[start]:
@@ -55,7 +60,7 @@ def components(mask: np.ndarray) -> list[np.ndarray]:
         while stack:
             r, c = stack.pop()
             pixels.append((r, c))
-            for rr, cc in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
+            for rr, cc in ((r + dr, c + dc) for dr, dc in steps):
                 if 0 <= rr < mask.shape[0] and 0 <= cc < mask.shape[1] and mask[rr, cc] and not seen[rr, cc]:
                     seen[rr, cc] = True
                     stack.append((rr, cc))
@@ -63,19 +68,41 @@ def components(mask: np.ndarray) -> list[np.ndarray]:
     return found
 
 
+def saturated(pixels: np.ndarray) -> np.ndarray:
+    """The pixels of the shapes: strongly coloured, unlike any background (white, light grey, light tints)."""
+    pixels = np.asarray(pixels).astype(int)
+    return pixels.max(-1) - pixels.min(-1) > 90
+
+
+def filled(pixels_of: np.ndarray) -> np.ndarray:
+    """A component's bounding-box mask with its holes filled: an outline becomes the shape it outlines."""
+    box = np.zeros(tuple(np.ptp(pixels_of, axis=0) + 3), bool)  # one free pixel all round
+    box[tuple((pixels_of - pixels_of.min(axis=0) + 1).T)] = True
+    solid = np.ones_like(box)
+    for part in components(~box):
+        if (part == 0).any():  # background reached from the border
+            solid[tuple(part.T)] = False
+    return solid[1:-1, 1:-1]
+
+
 def centroid(frame: Image.Image) -> np.ndarray:
-    rows, cols = np.nonzero((np.asarray(frame) != 255).any(-1))
+    rows, cols = np.nonzero(saturated(frame))
     return np.array([cols.mean(), rows.mean()])
 
 
+def mono(wave: np.ndarray) -> np.ndarray:
+    return wave.mean(axis=1) if wave.ndim == 2 else wave
+
+
 def count_beeps(wave: np.ndarray) -> int:
-    """Rising edges of the 10 ms envelope above 30 % of its peak."""
-    envelope = np.convolve(np.abs(wave), np.ones(160) / 160, mode="same")
-    above = envelope > 0.3 * envelope.max()
+    """Rising edges of the 10 ms envelope above the middle of its noise floor (median) and its peak."""
+    envelope = np.convolve(np.abs(mono(wave)), np.ones(160) / 160, mode="same")
+    above = envelope > (np.median(envelope) + envelope.max()) / 2
     return int(np.sum(above[1:] & ~above[:-1]) + above[0])
 
 
 def dominant_hz(wave: np.ndarray, rate: int) -> float:
+    wave = mono(wave)
     spectrum = np.abs(np.fft.rfft(wave * np.hanning(wave.size)))
     return float(np.argmax(spectrum) * rate / wave.size)
 
@@ -153,7 +180,8 @@ def test_no_media_shared_between_splits(task):
 
 
 def test_speech_speakers_split_and_assets():
-    groups = [set(SPEECH_SPEAKERS[split]) for split in SPLITS]
+    assert SPEECH_SPEAKERS["shifted"] == SPEECH_SPEAKERS["test"]
+    groups = [set(SPEECH_SPEAKERS[split]) for split in ("train", "validation", "test")]
     assert set().union(*groups) == set(range(NUM_SPEAKERS)) and sum(map(len, groups)) == NUM_SPEAKERS
     manifest = json.loads((SPEECH_DIR / "speakers.json").read_text())
     assert manifest["sampling_rate"] == SAMPLING_RATE
@@ -265,6 +293,88 @@ def test_sums():
         a, b = map(int, re.fullmatch(r"What is (\d) plus (\d)\?", example["question"]).groups())
         assert a + b <= 9 and NUMBER_WORDS[a + b] == example["answer"]
         assert "image" not in example and "audio" not in example and "video" not in example
+
+
+# ------------------------------------------------------------------------------------------------------ shifted split
+
+
+def test_shifted_ranges_lie_beside_the_standard_ones():
+    """Every shifted range of a parameter the standard splits also draw lies outside the standard range."""
+    shared = [key for key in STANDARD if key in SHIFTED and key != "rates"]
+    assert len(shared) == 18
+    for key in shared:
+        for low, high in SHIFTED[key]:
+            assert all(high < s_low or s_high < low for s_low, s_high in STANDARD[key]), key
+    assert not set(SHIFTED["rates"]) & set(STANDARD["rates"])
+
+
+def test_shifted_images_match_their_answers():
+    fill = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
+    palette = {name: np.array(rgb) for name, rgb in COLORS.items()}
+    sizes, outlined = set(), 0
+    for task in ("image_color", "image_shape", "image_count"):
+        for index in range(30):
+            example = make_example(task, "shifted", index)
+            pixels = np.asarray(example["image"]).astype(int)
+            short = min(pixels.shape[:2])
+            sizes.add(pixels.shape[:2])
+            assert any(low <= short <= high for low, high in SHIFTED["canvas"]), pixels.shape
+            mask = saturated(pixels)
+            shapes = components(mask, diagonal=True)
+            colors = {
+                min(palette, key=lambda c: np.abs(pixels[r, c_] - palette[c]).sum())
+                for r, c_ in zip(*np.nonzero(mask), strict=True)
+            }
+            kinds = set()
+            for pixels_of in shapes:
+                solid = filled(pixels_of)
+                outlined += solid.sum() > len(pixels_of) + 2
+                height, width = solid.shape
+                assert abs(height - width) <= 1 and 0.1 * short <= height <= 0.53 * short, (task, index)
+                kinds.add(min(fill, key=lambda k: abs(fill[k] - solid.mean())))
+            assert len(colors) == 1 and len(kinds) == 1 and 1 <= len(shapes) <= 3, (task, index)
+            measured = {
+                "image_color": colors.pop(),
+                "image_shape": kinds.pop(),
+                "image_count": NUMBER_WORDS[len(shapes)],
+            }
+            assert measured[task] == example["answer"], (task, index)
+    assert len(sizes) == 90 and outlined >= 10  # every canvas its own size; outlines as well as fills
+
+
+def test_shifted_videos_move_the_way_they_say():
+    unit = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+    for index in range(24):
+        example = make_example("video_direction", "shifted", index)
+        frames = example["video"]
+        short = min(frames[0].size)
+        assert any(low <= len(frames) <= high for low, high in SHIFTED["frames"])
+        assert len({frame.size for frame in frames}) == 1
+        path = np.array([centroid(frame) for frame in frames])
+        steps = np.diff(path, axis=0) @ np.array(unit[example["answer"]])
+        assert (steps >= -0.5).all() and steps.sum() >= 0.2 * short, index  # the stated way, all along
+        across = 1 if example["answer"] in ("left", "right") else 0
+        assert np.ptp(path[:, across]) < 1.0  # and not across it
+
+
+def test_shifted_sounds_from_their_waves():
+    channels = set()
+    for index in range(24):
+        example = make_example("sound_beeps", "shifted", index)
+        wave, rate = example["audio"]
+        channels.add(wave.ndim)
+        assert rate in SHIFTED["rates"] and wave.dtype == np.float32
+        assert any(low <= len(wave) / rate <= high + 0.01 for low, high in SHIFTED["seconds"])
+        assert NUMBER_WORDS[count_beeps(resample(mono(wave), rate))] == example["answer"], index
+    for index in range(20):
+        example = make_example("sound_pitch", "shifted", index)
+        wave, rate = example["audio"]
+        hz = dominant_hz(resample(mono(wave), rate), SAMPLING_RATE)
+        assert hz >= 3000 if example["answer"] == "high" else hz <= 150, (index, hz)
+    for index in range(10):
+        example = make_example("speech_digit", "shifted", index)
+        assert example["speaker"] in SPEECH_SPEAKERS["test"] and example["audio"][1] in SHIFTED["rates"]
+    assert channels == {1, 2}  # mono and stereo
 
 
 def test_resample_keeps_frequency_and_level():

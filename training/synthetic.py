@@ -62,7 +62,7 @@ TASKS = (
     "speech_digit",
     "text_add",
 )
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "validation", "test", "shifted")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 COLORS = {"red": (230, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 230), "yellow": (240, 210, 20)}
 SHAPES = ("circle", "square", "triangle")
@@ -100,12 +100,66 @@ MODALITY = {
 }
 
 SAMPLING_RATE = 16000  # the rate inside the model (Whisper and BEATs features)
-SOUND_RATES = (8000, 16000, 22050, 44100)  # the rates examples are generated at when none is asked for
 MIN_SAMPLING_RATE, MAX_SAMPLING_RATE = 8000, 192000
-NUM_VIDEO_FRAMES = 8
 VIDEO_FPS = 8
-HIGH_TONE_HZ, LOW_TONE_HZ = (1500.0, 3000.0), (150.0, 400.0)
-BEEP_HZ = (400.0, 1600.0)
+
+# The ranges the splits draw their media's parameters from, as (low, high) intervals (sizes relative to the canvas's
+# shorter side; canvases in px, sounds in s and Hz). `train`, `validation` and `test` draw from STANDARD. The held-out
+# `shifted` split draws from SHIFTED, whose ranges lie beside STANDARD's, never inside them, wherever the processor
+# does not normalise the parameter away; it adds what STANDARD never shows (other aspects, backgrounds, pixel noise,
+# outlines, stereo).
+STANDARD = {
+    "canvas": ((64, 64),),
+    "shape": ((0.22, 0.44),),  # a shape's box; smaller when there are more
+    "video_canvas": ((64, 64),),
+    "frames": ((8, 8),),
+    "travel": ((0.40, 0.55),),
+    "video_shape": ((0.22, 0.31),),
+    "rates": (8000, 16000, 22050, 44100),
+    "seconds": ((2.0, 3.0),),  # a beep sound's whole length (a tone's is 1 s)
+    "beep": ((0.08, 0.15),),
+    "gap": ((0.2, 0.4),),
+    "beep_hz": ((400.0, 1600.0),),
+    "amplitude": ((0.3, 0.9),),
+    "noise": ((0.002, 0.01),),
+    "tone": ((0.6, 0.9),),
+    "high_hz": ((1500.0, 3000.0),),
+    "low_hz": ((150.0, 400.0),),
+    "speed": ((0.9, 1.1),),  # speech
+    "speech_gain": ((0.3, 0.95),),
+    "speech_noise": ((0.002, 0.01),),
+}
+SHIFTED = {
+    "canvas": ((32, 56), (72, 512)),
+    "aspect": ((0.67, 0.9), (1.1, 1.5)),  # width / height
+    "shape": ((0.12, 0.2), (0.46, 0.52)),
+    "background": ("white", "grey", "tint"),
+    "grey": ((185, 235),),
+    "tint": ((0.78, 0.9),),  # the share of white in a light colour
+    "pixel_noise": ((2.0, 8.0),),  # std, in 0..255 steps
+    "outline": ((0.1, 0.25),),  # an outline's width / its shape's size (40 % of the images and videos)
+    "video_canvas": ((32, 56), (72, 256)),
+    "frames": ((12, 40),),
+    "travel": ((0.25, 0.38), (0.57, 0.68)),
+    "video_shape": ((0.12, 0.2), (0.32, 0.36)),
+    "rates": (11025, 12000, 24000, 32000, 48000),
+    "stereo": 0.5,  # the share of two-channel sounds
+    "seconds": ((0.5, 1.9), (3.1, 10.0)),  # a sound's whole length, drawn log-uniformly
+    "beep": ((0.035, 0.07), (0.16, 0.35)),
+    "gap": ((0.06, 0.18), (0.42, 1.2)),
+    "beep_hz": ((250.0, 380.0), (1650.0, 2500.0)),
+    "amplitude": ((0.1, 0.28), (0.92, 0.98)),
+    "noise": ((0.012, 0.03),),
+    "tone": ((0.1, 0.55), (0.95, 5.0)),
+    "high_hz": ((3050.0, 4000.0),),
+    "low_hz": ((100.0, 145.0),),
+    "speed": ((0.82, 0.88), (1.12, 1.18)),
+    "speech_gain": ((0.15, 0.28), (0.96, 1.0)),
+    "speech_noise": ((0.012, 0.02),),
+}
+SOUND_RATES = STANDARD["rates"]  # the rates of the standard splits' sounds when none is asked for
+IMAGE_SIZE = STANDARD["canvas"][0][0]  # the standard splits' images and video frames are IMAGE_SIZE px squares
+NUM_VIDEO_FRAMES = STANDARD["frames"][0][0]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SPEECH_DIR = ASSETS / "speech"
@@ -114,6 +168,7 @@ SPEECH_SPEAKERS = {
     "train": tuple(range(0, 16)) + tuple(range(24, 48)),
     "validation": tuple(range(16, 20)),
     "test": tuple(range(20, 24)),
+    "shifted": tuple(range(20, 24)),  # the test speakers, at other speeds, levels, rates and noise
 }
 
 _PLACEHOLDER = {"image": "<image>\n", "video": "<video>\n", "sound": "<audio>\n", "speech": "<audio>\n", "text": ""}
@@ -157,10 +212,10 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int = SAMPLING_RATE) -> 
 
 
 def _tone(freq: float, samples: int, rate: int, rng) -> np.ndarray:
-    """A sine with a random phase and 5 ms raised-cosine fades at both ends."""
+    """A sine with a random phase and raised-cosine fades (5 ms, or a fifth of a shorter tone) at both ends."""
     t = np.arange(samples) / rate
     wave = np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi))
-    fade = min(samples // 2, int(0.005 * rate))
+    fade = max(1, min(samples // 5, int(0.005 * rate)))
     ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(fade) / fade)
     wave[:fade] *= ramp
     wave[samples - fade :] *= ramp[::-1]
@@ -169,33 +224,33 @@ def _tone(freq: float, samples: int, rate: int, rng) -> np.ndarray:
 
 def _finish(wave: np.ndarray, rng) -> np.ndarray:
     """Light noise (std 0.002-0.01), clipped to [-1, 1], as float32."""
-    wave = wave + rng.normal(0, rng.uniform(0.002, 0.01), wave.size)
+    wave = wave + rng.normal(0, rng.uniform(*STANDARD["noise"][0]), wave.size)
     return np.clip(wave, -1, 1).astype(np.float32)
 
 
 def _beeps(count: int, rate: int, rng) -> np.ndarray:
     """`count` beeps of 80-150 ms, each at its own pitch, 200-400 ms of silence apart, somewhere in a 2-3 s clip."""
-    durations = rng.uniform(0.08, 0.15, count)
-    gaps = rng.uniform(0.2, 0.4, count - 1)
-    total = rng.uniform(2.0, 3.0)
+    durations = rng.uniform(*STANDARD["beep"][0], count)
+    gaps = rng.uniform(*STANDARD["gap"][0], count - 1)
+    total = rng.uniform(*STANDARD["seconds"][0])
     start = rng.uniform(0.1, total - 0.1 - durations.sum() - gaps.sum())
     wave = np.zeros(int(total * rate))
-    amplitude = rng.uniform(0.3, 0.9)
+    amplitude = rng.uniform(*STANDARD["amplitude"][0])
     for i in range(count):
         n = int(durations[i] * rate)
         at = int(start * rate)
-        wave[at : at + n] += amplitude * _tone(rng.uniform(*BEEP_HZ), n, rate, rng)
+        wave[at : at + n] += amplitude * _tone(rng.uniform(*STANDARD["beep_hz"][0]), n, rate, rng)
         start += durations[i] + (gaps[i] if i < count - 1 else 0)
     return _finish(wave, rng)
 
 
 def _pitch_tone(high: bool, rate: int, rng) -> np.ndarray:
     """One 0.6-0.9 s tone in a 1 s clip: 1500-3000 Hz if high, 150-400 Hz if low."""
-    total, duration = int(rate), int(rng.uniform(0.6, 0.9) * rate)
+    total, duration = int(rate), int(rng.uniform(*STANDARD["tone"][0]) * rate)
     at = int(rng.integers(0, total - duration + 1))
     wave = np.zeros(total)
-    wave[at : at + duration] = rng.uniform(0.3, 0.9) * _tone(
-        rng.uniform(*(HIGH_TONE_HZ if high else LOW_TONE_HZ)), duration, rate, rng
+    wave[at : at + duration] = rng.uniform(*STANDARD["amplitude"][0]) * _tone(
+        rng.uniform(*STANDARD["high_hz" if high else "low_hz"][0]), duration, rate, rng
     )
     return _finish(wave, rng)
 
@@ -221,24 +276,36 @@ def _speech(digit: int, split: str, rate: int, rng) -> tuple[np.ndarray, int]:
     clip = speech_clip(digit, speaker)
     pads = (rng.uniform(0, 0.3, 2) * SAMPLING_RATE).astype(int)
     wave = np.pad(clip.astype(np.float64), tuple(pads))
-    wave = resample(wave, int(round(SAMPLING_RATE * rng.uniform(0.9, 1.1))), rate).astype(np.float64)
-    wave *= rng.uniform(0.3, 0.95) / max(np.abs(wave).max(), 1e-6)
+    wave = resample(wave, int(round(SAMPLING_RATE * rng.uniform(*STANDARD["speed"][0]))), rate).astype(np.float64)
+    wave *= rng.uniform(*STANDARD["speech_gain"][0]) / max(np.abs(wave).max(), 1e-6)
     return _finish(wave, rng), speaker
 
 
 # ------------------------------------------------------------------------------------------------- images and video
 
 
-def _shape_mask(kind: str, size: int) -> np.ndarray:
-    """A size x size boolean mask of a circle, square or (upright) triangle filling its box."""
+def _shape_mask(kind: str, size: int, outline: int = 0) -> np.ndarray:
+    """A size x size boolean mask of a circle, square or (upright) triangle filling its box; with `outline` > 0 only
+    a band of about that many pixels along its edge."""
     box = Image.new("1", (size, size), 0)
-    draw = ImageDraw.Draw(box)
-    if kind == "circle":
-        draw.ellipse([0, 0, size - 1, size - 1], fill=1)
-    elif kind == "square":
-        draw.rectangle([0, 0, size - 1, size - 1], fill=1)
-    else:
-        draw.polygon([((size - 1) / 2, 0), (size - 1, size - 1), (0, size - 1)], fill=1)
+    draw_ = ImageDraw.Draw(box)
+    side = size - 1
+    corners = np.array([(side / 2, 0), (side, side), (0, side)])
+    inradius = side * side / 2 / ((side + 2 * np.hypot(side / 2, side)) / 2)  # area / half the perimeter
+    incentre = np.array([side / 2, side - inradius])
+
+    def paint(inset: float, value: int) -> None:
+        if kind == "circle":
+            draw_.ellipse([inset, inset, side - inset, side - inset], fill=value)
+        elif kind == "square":
+            draw_.rectangle([inset, inset, side - inset, side - inset], fill=value)
+        else:  # the triangle shrunk about its incentre: its edges move `inset` px inwards
+            inner = incentre + (corners - incentre) * (inradius - inset) / inradius
+            draw_.polygon([tuple(point) for point in inner], fill=value)
+
+    paint(0, 1)
+    if outline and (inradius if kind == "triangle" else side / 2) - outline >= 1:
+        paint(outline, 0)
     return np.array(box, dtype=bool)
 
 
@@ -247,12 +314,13 @@ def _shade(color: str, rng) -> np.ndarray:
     return np.clip(np.array(COLORS[color]) + rng.integers(-20, 21, 3), 0, 255).astype(np.uint8)
 
 
-def _place(sizes, image_size: int, rng, gap: int = 3):
-    """Top-left corners for boxes of `sizes` that stay `gap` px apart and inside the image (None if it fails)."""
+def _place(sizes, square: int, origin, rng, gap: int):
+    """Top-left corners for boxes of `sizes` that stay `gap` px apart inside the `square` x `square` area at `origin`
+    (None if that fails)."""
     boxes = []
     for size in sizes:
         for _ in range(100):
-            x, y = (int(v) for v in rng.integers(1, image_size - size, 2))
+            x, y = (int(v) for v in rng.integers(1, max(2, square - size), 2))
             if all(
                 x + size + gap <= bx or bx + bs + gap <= x or y + size + gap <= by or by + bs + gap <= y
                 for bx, by, bs in boxes
@@ -261,16 +329,16 @@ def _place(sizes, image_size: int, rng, gap: int = 3):
                 break
         else:
             return None
-    return boxes
+    return [(origin[0] + x, origin[1] + y, size) for x, y, size in boxes]
 
 
 def _shapes_image(color: str, kind: str, count: int, image_size: int, rng) -> Image.Image:
     """`count` non-overlapping shapes of one kind and colour, 22-44 % of the image wide (less when there are more)."""
-    low = round(0.22 * image_size)
-    high = round((0.44, 0.375, 0.34)[count - 1] * image_size)
+    low = round(STANDARD["shape"][0][0] * image_size)
+    high = round((STANDARD["shape"][0][1], 0.375, 0.34)[count - 1] * image_size)
     boxes = None
     while boxes is None:  # almost always the first try
-        boxes = _place([int(s) for s in rng.integers(low, high + 1, count)], image_size, rng)
+        boxes = _place([int(s) for s in rng.integers(low, high + 1, count)], image_size, (0, 0), rng, gap=3)
     pixels = np.full((image_size, image_size, 3), 255, np.uint8)
     rgb = _shade(color, rng)
     for x, y, size in boxes:
@@ -280,8 +348,9 @@ def _shapes_image(color: str, kind: str, count: int, image_size: int, rng) -> Im
 
 def _moving_shape(direction: str, image_size: int, rng) -> list[Image.Image]:
     """8 frames of one shape (22-31 % of the image) moving 40-55 % of the image in a straight line."""
-    size = int(rng.integers(round(0.22 * image_size), round(0.31 * image_size) + 1))
-    travel = int(rng.integers(round(0.40 * image_size), round(0.55 * image_size) + 1))
+    (size_low, size_high), (travel_low, travel_high) = STANDARD["video_shape"][0], STANDARD["travel"][0]
+    size = int(rng.integers(round(size_low * image_size), round(size_high * image_size) + 1))
+    travel = int(rng.integers(round(travel_low * image_size), round(travel_high * image_size) + 1))
     mask, rgb = _shape_mask(str(rng.choice(SHAPES)), size), _shade(str(rng.choice(list(COLORS))), rng)
     along = int(rng.integers(1, image_size - size - travel))  # start on the axis of motion
     across = int(rng.integers(1, image_size - size))
@@ -291,6 +360,152 @@ def _moving_shape(direction: str, image_size: int, rng) -> list[Image.Image]:
         offset = along + step if direction in ("right", "down") else along + travel - step
         x, y = (offset, across) if direction in ("left", "right") else (across, offset)
         pixels = np.full((image_size, image_size, 3), 255, np.uint8)
+        pixels[y : y + size, x : x + size][mask] = rgb
+        frames.append(Image.fromarray(pixels))
+    return frames
+
+
+# ----------------------------------------------------------------------------------------- the shifted split's media
+
+
+def draw(rng, intervals, log: bool = False) -> float:
+    """A value drawn uniformly (log-uniformly with `log=True`) over the union of `(low, high)` intervals."""
+    scale = np.log if log else (lambda v: v)
+    widths = np.array([scale(high) - scale(low) for low, high in intervals], dtype=float)
+    low, high = intervals[int(rng.choice(len(intervals), p=widths / widths.sum()))]
+    value = rng.uniform(scale(low), scale(high))
+    return float(np.exp(value) if log else value)
+
+
+def _drawn_finish(wave: np.ndarray, ranges: dict, rng, noise: str = "noise") -> np.ndarray:
+    """Noise at a level of `ranges[noise]`, clipped to [-1, 1], float32; two channels ([samples, 2], each with its
+    own gain and noise) for the `stereo` share of the sounds."""
+    level = draw(rng, ranges[noise])
+    if rng.uniform() < ranges["stereo"]:
+        gains = rng.uniform(0.7, 1.0, 2)
+        wave = np.stack([g * wave + rng.normal(0, level, wave.size) for g in gains], axis=1)
+    else:
+        wave = wave + rng.normal(0, level, wave.size)
+    return np.clip(wave, -1, 1).astype(np.float32)
+
+
+def _clip_seconds(needed: float, ranges: dict, rng) -> float:
+    """A sound's whole length: log-uniform over the ranges' lengths that hold `needed` s and 50 ms more."""
+    fits = [(max(low, needed + 0.05), high) for low, high in ranges["seconds"] if high > needed + 0.06]
+    return draw(rng, fits or [(needed + 0.05, needed + 0.06)], log=True)
+
+
+def _drawn_beeps(count: int, rate: int, ranges: dict, rng) -> np.ndarray:
+    """`count` beeps of the ranges' lengths, gaps, pitches (one each) and loudness, somewhere in a sound of the
+    ranges' lengths, with noise all through."""
+    durations = np.array([draw(rng, ranges["beep"]) for _ in range(count)])
+    gaps = np.array([draw(rng, ranges["gap"]) for _ in range(count - 1)])
+    total = _clip_seconds(durations.sum() + gaps.sum(), ranges, rng)
+    start = rng.uniform(0.02, total - 0.02 - durations.sum() - gaps.sum())
+    wave = np.zeros(int(total * rate))
+    amplitude = draw(rng, ranges["amplitude"])
+    for i in range(count):
+        n = int(durations[i] * rate)
+        at = int(start * rate)
+        wave[at : at + n] += amplitude * _tone(draw(rng, ranges["beep_hz"]), n, rate, rng)
+        start += durations[i] + (gaps[i] if i < count - 1 else 0)
+    return _drawn_finish(wave, ranges, rng)
+
+
+def _drawn_pitch_tone(high: bool, rate: int, ranges: dict, rng) -> np.ndarray:
+    """One tone of the ranges' lengths and loudness, from the high or the low range, somewhere in a sound of the
+    ranges' lengths."""
+    duration = draw(rng, ranges["tone"])
+    total = _clip_seconds(duration, ranges, rng)
+    n, at = int(duration * rate), int(rng.uniform(0, total - duration) * rate)
+    wave = np.zeros(int(total * rate))
+    wave[at : at + n] = draw(rng, ranges["amplitude"]) * _tone(
+        draw(rng, ranges["high_hz" if high else "low_hz"]), n, rate, rng
+    )
+    return _drawn_finish(wave, ranges, rng)
+
+
+def _drawn_speech(digit: int, split: str, rate: int, ranges: dict, rng) -> tuple[np.ndarray, int]:
+    """A clip of a speaker of `split`, with 0-300 ms of silence each side and the ranges' speed, level and noise."""
+    speaker = int(rng.choice(SPEECH_SPEAKERS[split]))
+    pads = (rng.uniform(0, 0.3, 2) * SAMPLING_RATE).astype(int)
+    wave = np.pad(speech_clip(digit, speaker).astype(np.float64), tuple(pads))
+    wave = resample(wave, int(round(SAMPLING_RATE * draw(rng, ranges["speed"]))), rate).astype(np.float64)
+    wave *= draw(rng, ranges["speech_gain"]) / max(np.abs(wave).max(), 1e-6)
+    return _drawn_finish(wave, ranges, rng, noise="speech_noise"), speaker
+
+
+def _canvas(width: int, height: int, ranges: dict, rng) -> np.ndarray:
+    """An empty canvas: white, a light grey or a light tint of a random colour, with still pixel noise."""
+    kind = str(rng.choice(ranges["background"]))
+    if kind == "white":
+        rgb = np.array([255, 255, 255])
+    elif kind == "grey":
+        rgb = np.full(3, round(draw(rng, ranges["grey"])))
+    else:
+        white = draw(rng, ranges["tint"])
+        rgb = np.round(white * 255 + (1 - white) * rng.integers(0, 256, 3))
+    pixels = np.broadcast_to(rgb.astype(float), (height, width, 3))
+    pixels = pixels + rng.normal(0, draw(rng, ranges["pixel_noise"]), pixels.shape)
+    return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+
+
+def _canvas_size(side: int | None, key: str, ranges: dict, rng) -> tuple[int, int, int]:
+    """(width, height, shorter side) of a canvas: `side` x `side` when given, else of the ranges' sizes and aspects."""
+    if side is not None:
+        return side, side, side
+    short, aspect = round(draw(rng, ranges[key])), draw(rng, ranges["aspect"])
+    width, height = (round(short * aspect), short) if aspect >= 1 else (short, round(short / aspect))
+    return width, height, short
+
+
+def _outline(size: int, short: int, ranges: dict, rng) -> int:
+    """0 (filled) for 60 % of the shapes, else an outline of the ranges' share of the size, at least 3 % of the
+    canvas's shorter side (so that it survives the resize to the model's image size)."""
+    if rng.uniform() >= 0.4:
+        return 0
+    return max(1, round(draw(rng, ranges["outline"]) * size), round(0.03 * short))
+
+
+MAX_SHAPE = (1.0, 0.36, 0.31)  # the largest shape box (share of the canvas's shorter side) for 1, 2 or 3 shapes
+
+
+def _drawn_shapes_image(color: str, kind: str, count: int, side: int | None, ranges: dict, rng) -> Image.Image:
+    """`count` non-overlapping shapes of one kind and colour (all filled or all outlined) on a canvas of the ranges'
+    sizes, aspects and backgrounds. The shapes lie in the canvas's central square, the part CLIP's centre crop keeps."""
+    width, height, short = _canvas_size(side, "canvas", ranges, rng)
+    origin = ((width - short) // 2, (height - short) // 2)
+    sizes = [(low, min(high, MAX_SHAPE[count - 1])) for low, high in ranges["shape"] if low < MAX_SHAPE[count - 1]]
+    boxes = None
+    while boxes is None:  # almost always the first try
+        boxes = _place([max(4, round(draw(rng, sizes) * short)) for _ in range(count)], short, origin, rng,
+                       gap=max(2, short // 16))  # fmt: skip
+    pixels = _canvas(width, height, ranges, rng)
+    rgb, outline = _shade(color, rng), _outline(min(size for _, _, size in boxes), short, ranges, rng)
+    for x, y, size in boxes:
+        pixels[y : y + size, x : x + size][_shape_mask(kind, size, outline)] = rgb
+    return Image.fromarray(pixels)
+
+
+def _drawn_moving_shape(direction: str, side: int | None, ranges: dict, rng) -> list[Image.Image]:
+    """One shape moving in a straight line across the canvas's central square, over the ranges' frame counts,
+    travel and sizes, on a still background."""
+    width, height, short = _canvas_size(side, "video_canvas", ranges, rng)
+    num_frames = round(draw(rng, ranges["frames"]))
+    size = max(4, round(draw(rng, ranges["video_shape"]) * short))
+    travel = min(round(draw(rng, ranges["travel"]) * short), short - size - 3)
+    mask = _shape_mask(str(rng.choice(SHAPES)), size, _outline(size, short, ranges, rng))
+    rgb = _shade(str(rng.choice(list(COLORS))), rng)
+    background = _canvas(width, height, ranges, rng)
+    left, top = (width - short) // 2, (height - short) // 2
+    along = int(rng.integers(1, short - size - travel))  # start on the axis of motion
+    across = int(rng.integers(1, short - size))
+    frames = []
+    for i in range(num_frames):
+        step = round(travel * i / (num_frames - 1))
+        offset = along + step if direction in ("right", "down") else along + travel - step
+        x, y = (left + offset, top + across) if direction in ("left", "right") else (left + across, top + offset)
+        pixels = background.copy()
         pixels[y : y + size, x : x + size][mask] = rgb
         frames.append(Image.fromarray(pixels))
     return frames
@@ -309,18 +524,28 @@ def example_rng(task: str, split: str, index: int, seed: int = 0) -> np.random.G
 
 
 def make_example(
-    task: str, split: str, index: int, seed: int = 0, *, image_size: int = 64, sampling_rate: int | None = None
+    task: str,
+    split: str,
+    index: int,
+    seed: int = 0,
+    *,
+    image_size: int | None = None,
+    sampling_rate: int | None = None,
 ) -> dict:
     """One example, as a pure function of its arguments:
 
-    `{"id", "task", "split", "index", "modality", "question", "answer"}` plus `"image"` (a PIL RGB image of
-    image_size x image_size), `"video"` (a list of 8 such frames), or `"audio"` (a `(float32 waveform, sampling_rate)`
-    pair) and `"audio_kind"` (`"sound"` or `"speech"`). `sampling_rate=None` picks one of `SOUND_RATES` at random.
+    `{"id", "task", "split", "index", "modality", "question", "answer"}` plus `"image"` (a PIL RGB image), `"video"`
+    (a list of such frames), or `"audio"` (a `(float32 waveform, sampling_rate)` pair: the waveform [samples], or
+    [samples, 2] for the shifted split's stereo sounds) and `"audio_kind"` (`"sound"` or `"speech"`). Images and
+    frames are `IMAGE_SIZE` px squares in the standard splits and of the SHIFTED sizes and aspects in `shifted`,
+    `image_size` x `image_size` when it is given; `sampling_rate=None` picks one of the split's rates at random.
     """
     rng = example_rng(task, split, index, seed)
-    _check_int("image_size", image_size, 32)
+    if image_size is not None:
+        _check_int("image_size", image_size, 32)
     if sampling_rate is not None:
         _check_rate(sampling_rate)
+    shifted = split == "shifted"
     modality, answers = MODALITY[task], ANSWERS[task]
     answer = answers[index % len(answers)]
     example = {
@@ -340,17 +565,28 @@ def make_example(
         }
         name = {"image_color": "color", "image_shape": "kind", "image_count": "count"}[task]
         attributes[name] = NUMBER_WORDS.index(answer) if name == "count" else answer
-        example["image"] = _shapes_image(**attributes, image_size=image_size, rng=rng)
-    elif modality == "video":
-        example["video"] = _moving_shape(answer, image_size, rng)
-    elif modality in ("sound", "speech"):
-        rate = int(rng.choice(SOUND_RATES)) if sampling_rate is None else int(sampling_rate)
-        if task == "sound_beeps":
-            wave = _beeps(NUMBER_WORDS.index(answer), rate, rng)
-        elif task == "sound_pitch":
-            wave = _pitch_tone(answer == "high", rate, rng)
+        if shifted:
+            example["image"] = _drawn_shapes_image(**attributes, side=image_size, ranges=SHIFTED, rng=rng)
         else:
-            wave, example["speaker"] = _speech(NUMBER_WORDS.index(answer), split, rate, rng)
+            example["image"] = _shapes_image(**attributes, image_size=image_size or IMAGE_SIZE, rng=rng)
+    elif modality == "video":
+        if shifted:
+            example["video"] = _drawn_moving_shape(answer, image_size, SHIFTED, rng)
+        else:
+            example["video"] = _moving_shape(answer, image_size or IMAGE_SIZE, rng)
+    elif modality in ("sound", "speech"):
+        rates = SHIFTED["rates"] if shifted else SOUND_RATES
+        rate = int(rng.choice(rates)) if sampling_rate is None else int(sampling_rate)
+        number = NUMBER_WORDS.index(answer) if answer in NUMBER_WORDS else None
+        if task == "sound_beeps":
+            wave = _drawn_beeps(number, rate, SHIFTED, rng) if shifted else _beeps(number, rate, rng)
+        elif task == "sound_pitch":
+            high = answer == "high"
+            wave = _drawn_pitch_tone(high, rate, SHIFTED, rng) if shifted else _pitch_tone(high, rate, rng)
+        elif shifted:
+            wave, example["speaker"] = _drawn_speech(number, split, rate, SHIFTED, rng)
+        else:
+            wave, example["speaker"] = _speech(number, split, rate, rng)
         example["audio"], example["audio_kind"] = (wave, rate), modality
     else:
         total = NUMBER_WORDS.index(answer)
@@ -382,7 +618,7 @@ def write_split(
     seed: int = 0,
     *,
     tasks=TASKS,
-    image_size: int = 64,
+    image_size: int | None = None,
     sampling_rate: int | None = None,
 ) -> Path:
     """Write `n_per_task` examples (indices 0..n-1) of each task to `out_dir/<split>/<task>/<index>.(png|mp4|wav)`
