@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ._common import replace_markdown_section
+
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS, BATCH, SEQ, WARMUP, STEPS = 4, 4, 1024, 3, 10
@@ -125,9 +127,6 @@ def run(out_path: str | None) -> str:
         *rows,
     ])  # fmt: skip
     if out_path:
-        sys.path.insert(0, str(REPO))
-        from benchmarks._common import replace_markdown_section
-
         replace_markdown_section(out_path, text)
     return text
 

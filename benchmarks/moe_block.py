@@ -83,7 +83,7 @@ def mixtral_blocks(ours: UniMoESparseMoeBlock, hidden, intermediate, impls) -> d
 
 
 def _ours_call(block):
-    return lambda x: block(x)[0]
+    return lambda x: block(x)
 
 
 def _mixtral_call(block):
@@ -109,14 +109,14 @@ def check(ours, peers: dict, x: torch.Tensor, with_grad: bool) -> dict[str, floa
     diffs = {}
     if not with_grad:
         with torch.no_grad():
-            ref = ours(x)[0]
+            ref = ours(x)
             for name, (call, _) in peers.items():
                 diffs[name] = (call(x) - ref).abs().max().item()
         return diffs
     gy = torch.randn_like(x)
     xg = x.clone().requires_grad_()
     ours.zero_grad(set_to_none=True)
-    ref = ours(xg)[0]
+    ref = ours(xg)
     ref.backward(gy)
     ref_grads = (xg.grad.clone(), *grads_in_mixtral_layout(ours))
     for name, (call, block) in peers.items():

@@ -7,28 +7,35 @@
 
 The model repository gets the Hub folder as it is (config, weights, processor and tokenizer files, chat template and
 the remote code the config's auto_map and custom_pipelines name). `--space` also creates (or updates) a Gradio Space
-with this folder's app.py, experts_panel.py, requirements.txt and README.md, and sets its variables
-UNIMOE_DEMO_MODEL (the model repository) and UNIMOE_DEMO_REVISION (the commit just uploaded, so the Space runs the
-remote code it was published with). Needs a token with write access: `hf auth login`, or HF_TOKEN.
+with the files `stage_space` lays out (this folder's modules, requirements.txt and README.md, and the package's
+routing analysis at its package path, `modeling_unimoe/training/routing.py`, so that the demo imports it by the same
+name there as here), and sets its variables UNIMOE_DEMO_MODEL (the model repository) and UNIMOE_DEMO_REVISION (the
+commit just uploaded, so the Space runs the remote code it was published with). Needs a token with write access:
+`hf auth login`, or HF_TOKEN.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
+
+from app import HUB_MODEL, MODEL_VARIABLE, REVISION_VARIABLE
+
+from modeling_unimoe.training import routing
 
 
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-from app import HUB_MODEL, MODEL_VARIABLE, REVISION_VARIABLE  # noqa: E402
-
-
 DEFAULT_FOLDER = HERE.parent / "checkpoints" / "uni-moe-tiny"
-SPACE_FILES = ("README.md", "app.py", "experts_panel.py", "requirements.txt")
+DEMO_FILES = ("README.md", "requirements.txt", "app.py", "ui.py", "chat.py", "media.py", "backends.py")
+# the Space's files: path in the Space -> file here
+SPACE_FILES = {
+    **{name: HERE / name for name in DEMO_FILES},
+    "modeling_unimoe/training/routing.py": Path(routing.__file__),
+}
 # files of a model folder that are not part of the model (evaluation output, caches)
 SKIPPED_PARTS = ("eval", "__pycache__", ".git", ".cache")
 
@@ -77,6 +84,24 @@ def _auto_map_refs(config: dict) -> list[str]:
     return refs
 
 
+def stage_space(folder) -> Path:
+    """Lay out the Space's files (`SPACE_FILES`) in `folder`, a new or empty folder; returns it."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise PublishError(f"{folder} is not empty; the Space is laid out in a new or empty folder.")
+    _check_space_files()
+    for name, source in SPACE_FILES.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, folder / name)
+    return folder
+
+
+def _check_space_files() -> None:
+    missing = [str(source) for source in SPACE_FILES.values() if not source.is_file()]
+    if missing:
+        raise PublishError(f"The Space needs {', '.join(missing)}, which is missing. Restore it from the repository.")
+
+
 def _check_repo_id(repo_id: str, flag: str) -> None:
     parts = repo_id.split("/")
     if len(parts) != 2 or not all(parts):
@@ -90,10 +115,8 @@ def publish(folder=DEFAULT_FOLDER, repo_id: str = HUB_MODEL, space: str | None =
     _check_repo_id(repo_id, "--repo-id")
     if space is not None:
         _check_repo_id(space, "--space")
+        _check_space_files()
     files = model_files(folder)
-    missing_space_files = [name for name in SPACE_FILES if not (HERE / name).is_file()]
-    if space is not None and missing_space_files:
-        raise PublishError(f"{HERE} lacks {', '.join(missing_space_files)}: the Space needs every one of them.")
     result = {"repo_id": repo_id, "files": files, "revision": None, "space": space, "space_files": list(SPACE_FILES)}
     if dry_run:
         log(f"Would upload {len(files)} files of {folder} to the model repository {repo_id}: {', '.join(files)}")
@@ -119,13 +142,14 @@ def publish(folder=DEFAULT_FOLDER, repo_id: str = HUB_MODEL, space: str | None =
     log(f"Uploaded {len(files)} files to {repo_id} at commit {commit.oid}: {commit.commit_url}")
     if space is not None:
         api.create_repo(space, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-        api.upload_folder(
-            repo_id=space,
-            repo_type="space",
-            folder_path=str(HERE),
-            allow_patterns=list(SPACE_FILES),
-            commit_message="Uni-MoE demo (demo/publish.py)",
-        )
+        with tempfile.TemporaryDirectory(prefix="unimoe-space-") as staged:
+            api.upload_folder(
+                repo_id=space,
+                repo_type="space",
+                folder_path=str(stage_space(staged)),
+                delete_patterns=["*.py"],  # modules of an earlier demo that this one no longer has
+                commit_message="Uni-MoE demo (demo/publish.py)",
+            )
         api.add_space_variable(space, MODEL_VARIABLE, repo_id)
         api.add_space_variable(space, REVISION_VARIABLE, commit.oid)
         log(f"Space {space}: uploaded {', '.join(SPACE_FILES)}; set {MODEL_VARIABLE} and {REVISION_VARIABLE}.")

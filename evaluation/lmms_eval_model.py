@@ -48,8 +48,6 @@ from tqdm import tqdm
 # and everything else 1024; the audio variant's Clotho tasks 512.
 ORIGINAL_MAX_NEW_TOKENS = {"image": 512, "video": 1024, "speech": 1024, "sound": 512, "text": 1024}
 ORIGINAL_TEMPERATURE = 0.2  # the original's sampling temperature where it sampled
-# kept in `dtype` by 4/8-bit loading: lm_head, the routers, and the encoders and connectors of every modality
-QUANTIZATION_SKIP = ["lm_head", "mlp.gate", r"(?:model\.)?(?:vision|speech|sound)_(?:tower|projector|connector)"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".flv", ".wmv", ".m4v", ".mpg", ".mpeg"}
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus", ".aac"}
@@ -208,8 +206,7 @@ class UniMoE(lmms):
                 load_in_8bit=load_in_8bit,
                 bnb_4bit_quant_type="nf4",
                 bnb_4bit_compute_dtype=compute_dtype,
-                llm_int8_skip_modules=QUANTIZATION_SKIP,
-            )
+            )  # the model class's `_keep_in_fp32_modules` keeps its routers, towers and connectors unquantized
             model_kwargs["device_map"] = str(self._device)
         self._model = AutoModelForCausalLM.from_pretrained(pretrained, **model_kwargs).eval()
         if "quantization_config" not in model_kwargs:

@@ -64,7 +64,10 @@ def chat_with_an_image(folder, model, max_new_tokens: int):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder")
-    parser.add_argument("--save-logits", help="save {'causal_lm': logits, 'auto_model': logits, 'tokens': ...} here")
+    parser.add_argument(
+        "--save-logits",
+        help="save {'causal_lm': logits, 'auto_model': the base model's last hidden state, 'tokens': ...} here",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=8)
     args = parser.parse_args(argv)
 
@@ -76,18 +79,21 @@ def main(argv=None):
     config = AutoConfig.from_pretrained(args.folder, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(args.folder, trust_remote_code=True).eval()
     auto_model = AutoModel.from_pretrained(args.folder, trust_remote_code=True).eval()
-    print(f"Loaded {type(config).__name__} / {type(model).__name__} from {type(model).__module__} (remote code)")
+    print(
+        f"Loaded {type(config).__name__} / {type(model).__name__} / {type(auto_model).__name__} from "
+        f"{type(model).__module__} (remote code)"
+    )
 
     input_ids = fixed_prompt(config)
     with torch.no_grad():
         logits = model(input_ids).logits
-        auto_logits = auto_model(input_ids).logits
+        auto_hidden = auto_model(input_ids).last_hidden_state
         tokens = model.generate(input_ids, max_new_tokens=args.max_new_tokens, do_sample=False)
     print(f"prompt ids {input_ids.tolist()[0]}\ngenerated ids {tokens[0, input_ids.shape[1] :].tolist()}")
     if os.path.exists(os.path.join(args.folder, "processor_config.json")):
         chat_with_an_image(args.folder, model, args.max_new_tokens)
     if args.save_logits:
-        torch.save({"causal_lm": logits, "auto_model": auto_logits, "tokens": tokens}, args.save_logits)
+        torch.save({"causal_lm": logits, "auto_model": auto_hidden, "tokens": tokens}, args.save_logits)
 
 
 if __name__ == "__main__":

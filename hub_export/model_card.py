@@ -4,6 +4,7 @@ differs from the original."""
 from pathlib import Path
 
 from .mapping import Variant
+from .processor_files import placeholder_ids
 
 
 MODEL_CARD_TEMPLATE = """---
@@ -32,8 +33,8 @@ before the merge{% endif %}) and checks that every source tensor is used or deli
 
 - Weights: {{ dtype }}, {{ num_params }} parameters.
 - Placeholder tokens `<image>`, `<audio>`, `<video>` are added to the vocabulary (ids {{ placeholder_ids }}); the
-  original spliced negative ids instead. Their embedding and output rows are the vocabulary mean and they are never
-  generated (`suppress_tokens`).
+  original spliced negative ids instead. Their embedding and output rows are the vocabulary mean and `generate()`
+  never produces them (the model's default `suppress_tokens`).
 - Generation defaults follow the original inference script: sampling at temperature 0.2, up to
   {{ max_new_tokens }} new tokens.
 
@@ -96,7 +97,6 @@ def write_model_card(
         tags=["moe", "mixture-of-experts", "multimodal", "custom_code", "uni-moe", "llava", "vision", "audio", "video"]
         + (["speech"] if variant.audio == "speech" else ["sound"]),
     )
-    ids = [config.image_token_id, config.audio_token_id or config.sound_token_id, config.video_token_id]
     card = ModelCard.from_template(
         card_data,
         template_str=MODEL_CARD_TEMPLATE,
@@ -109,7 +109,7 @@ def write_model_card(
         deepspeed=variant.deepspeed_moe,
         dtype=str(dtype).replace("torch.", ""),
         num_params=f"{num_params / 1e9:.2f} B" if num_params > 1e8 else f"{num_params:,}",
-        placeholder_ids=", ".join(str(i) for i in ids),
+        placeholder_ids=", ".join(str(i) for i in placeholder_ids(config).values()),
         max_new_tokens=variant.max_new_tokens,
         license_note=LICENSE_NOTE,
     )

@@ -29,10 +29,15 @@ import secrets
 import shutil
 from pathlib import Path
 
+from modeling_unimoe.processing.export import PROCESSOR_HUB_FILES
+
 
 MARKER = ".uni-moe-export.json"
 MARKER_TOOL = "uni-moe"
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# the model's Hub code (modeling_unimoe/): `modeling_unimoe.py` and the siblings it imports, which transformers copies
+# into a folder the model is saved to
+HUB_CODE_FILES = ("configuration_beats.py", "configuration_unimoe.py", "modeling_beats.py", "modeling_unimoe.py")
 # the top-level files an export of ours writes (hub_export.build, hub_export.convert, the training export)
 EXPORT_FILES = frozenset(
     {
@@ -40,11 +45,8 @@ EXPORT_FILES = frozenset(
         "config.json",
         "generation_config.json",
         "model.safetensors.index.json",
-        "configuration_unimoe.py",
-        "modeling_unimoe.py",
-        "processing_unimoe.py",
-        "feature_extraction_unimoe.py",
-        "media_unimoe.py",
+        *HUB_CODE_FILES,
+        *PROCESSOR_HUB_FILES,
         "pipeline_unimoe.py",
         "processor_config.json",
         "preprocessor_config.json",
@@ -60,7 +62,6 @@ EXPORT_FILES = frozenset(
     }
 )
 WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors")
-HUB_CODE_FILES = ("configuration_unimoe.py", "modeling_unimoe.py")
 MODEL_TYPE = "unimoe"
 
 

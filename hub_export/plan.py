@@ -250,8 +250,8 @@ def _qformer_config(src: Sources, stage_keys: dict) -> dict:
 
 
 def build_config(variant: Variant, src: Sources, stage_keys: dict, clip: Path, whisper, beats_cfg: dict | None):
-    from modeling_unimoe import UniMoEConfig
-    from modeling_unimoe.configuration_unimoe import PRESETS, UniMoEBEATsConfig
+    from modeling_unimoe import UniMoEBEATsConfig, UniMoEConfig
+    from modeling_unimoe.configuration_unimoe import PRESETS
 
     cfg = src.model_config
     where = src.model_config_path

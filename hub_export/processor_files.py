@@ -30,8 +30,10 @@ def find_tokenizer_dir(*folders) -> Path:
 
 
 def placeholder_ids(config) -> dict[str, int]:
-    audio_id = config.audio_token_id if config.audio_token_id is not None else config.sound_token_id
-    return {"<image>": config.image_token_id, "<audio>": audio_id, "<video>": config.video_token_id}
+    """The id of each of `PLACEHOLDER_TOKENS`: the original's `<audio>` feeds the variant's audio tower (speech or
+    sound)."""
+    ids = config.placeholder_token_ids
+    return {"<image>": ids["image"], "<audio>": ids.get("speech", ids.get("sound")), "<video>": ids["video"]}
 
 
 def save_processor_files(config, tokenizer_source_dir, out_dir) -> None:

@@ -2,7 +2,7 @@
 
 `write_weights` computes every target tensor from its plan (the value, each LoRA delta merged in float32, the
 placeholder rows of the vocabulary) and streams it into sharded safetensors; `write_config_and_code` saves the config
-with its `auto_map`, the generation defaults of the original inference script and the modeling files the config names.
+(with its `auto_map`), the generation defaults of the original inference script and the model's Hub code.
 """
 
 import copy
@@ -16,12 +16,9 @@ from tqdm.auto import tqdm
 
 from ._tensors import ShardedSafetensorsWriter
 from .mapping import Variant
+from .output import HUB_CODE_FILES, REPO_ROOT
 from .plan import NUM_PLACEHOLDERS, TargetPlan
 from .sources import Sources
-
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-HUB_CODE_FILES = ("configuration_unimoe.py", "modeling_unimoe.py")
 
 
 def materialize(target: TargetPlan, files: dict, dtype: torch.dtype) -> torch.Tensor:
@@ -79,23 +76,17 @@ def _is_float(src: Sources, t: TargetPlan) -> bool:
 
 
 def write_config_and_code(folder: Path, config, dtype: torch.dtype, variant: Variant):
+    """config.json (its `auto_map` is the config's default), generation_config.json (the model suppresses the media
+    placeholders in generate() by default) and the Hub code files."""
     from transformers import GenerationConfig
 
-    from modeling_unimoe.modeling_unimoe import AUTO_MAP
-
     config = copy.deepcopy(config)
-    config.auto_map = dict(AUTO_MAP)
     config.architectures = ["UniMoEForCausalLM"]
     config.dtype = dtype
     config.save_pretrained(folder)
     for name in HUB_CODE_FILES:
         shutil.copyfile(REPO_ROOT / "modeling_unimoe" / name, folder / name)
     text = config.get_text_config()
-    placeholders = [
-        i
-        for i in (config.image_token_id, config.video_token_id, config.audio_token_id, config.sound_token_id)
-        if i is not None
-    ]
     GenerationConfig(
         bos_token_id=text.bos_token_id,
         eos_token_id=text.eos_token_id,
@@ -103,5 +94,4 @@ def write_config_and_code(folder: Path, config, dtype: torch.dtype, variant: Var
         do_sample=True,
         temperature=0.2,
         max_new_tokens=variant.max_new_tokens,
-        suppress_tokens=placeholders,
     ).save_pretrained(folder)

@@ -8,14 +8,16 @@ Importing this package also registers the classes with transformers' Auto classe
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
-from .configuration_unimoe import UniMoEBEATsConfig, UniMoEConfig, UniMoETextConfig
+from .configuration_beats import UniMoEBEATsConfig
+from .configuration_unimoe import UniMoEConfig, UniMoETextConfig
 from .modeling_unimoe import UniMoEForCausalLM, UniMoEModel, UniMoEPreTrainedModel, UniMoETextModel
 from .processing import UniMoEProcessor
 
 
 for _config in (UniMoEConfig, UniMoETextConfig, UniMoEBEATsConfig):
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
-for _auto in (AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText):
+AutoModel.register(UniMoEConfig, UniMoEModel, exist_ok=True)
+for _auto in (AutoModelForCausalLM, AutoModelForImageTextToText):
     _auto.register(UniMoEConfig, UniMoEForCausalLM, exist_ok=True)
 AutoProcessor.register(UniMoEConfig, UniMoEProcessor, exist_ok=True)
 

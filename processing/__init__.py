@@ -1,9 +1,9 @@
 """The Uni-MoE processor: text, image, video, speech and sound in one call.
 
-`processing_unimoe.py` (the processor), its siblings `feature_extraction_unimoe.py` (audio chunks, the BEATs fbank) and
-`media_unimoe.py` (reading media, the input errors), and `pipeline_unimoe.py` are uploaded to the Hub next to the
-modeling files (they import no other file of this package); `export.py` writes them, the tokenizer and
-`chat_template.jinja` into a Hub folder.
+`processing_unimoe.py` (the processor), its siblings `feature_extraction_unimoe.py` (resampling, the audio chunk rule,
+Whisper and BEATs features), `media_unimoe.py` (reading media, the input errors) and `text_unimoe.py` (token ids,
+truncation, padding, chats), and `pipeline_unimoe.py` are uploaded to the Hub next to the modeling files (they import
+no other file of this package); `export.py` writes them, the tokenizer and `chat_template.jinja` into a Hub folder.
 
     from modeling_unimoe.processing import UniMoEProcessor
 """

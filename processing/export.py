@@ -16,8 +16,10 @@ import json
 import shutil
 from pathlib import Path
 
-from .feature_extraction_unimoe import CHUNK_SAMPLES
-from .processing_unimoe import UniMoEProcessor
+from transformers import WhisperFeatureExtractor
+
+from .feature_extraction_unimoe import CHUNK_SAMPLES, CHUNK_SECONDS, SAMPLING_RATE
+from .processing_unimoe import UniMoEProcessor, make_clip_image_processor
 from .tiny_tokenizer import TINY_SPECIAL_TOKENS, build_tiny_tokenizer
 
 
@@ -35,7 +37,7 @@ CUSTOM_PIPELINES = {
     }
 }
 # the processor's code in a Hub folder: processing_unimoe.py and the siblings it imports (`save_pretrained` copies them)
-PROCESSOR_HUB_FILES = ("processing_unimoe.py", "feature_extraction_unimoe.py", "media_unimoe.py")
+PROCESSOR_HUB_FILES = ("processing_unimoe.py", "feature_extraction_unimoe.py", "media_unimoe.py", "text_unimoe.py")
 _SOUND_PLACEHOLDER_LINE = "{%- set sound_placeholder = '<sound>' -%}"
 # The preprocessing the released Uni-MoE models were trained with (processor settings; the processor's defaults are
 # the tiny model's): prompt text tokenized piece by piece between placeholders, speech cut into 480,001-sample pieces
@@ -62,12 +64,46 @@ def chat_template_for(config, tokenizer=None) -> str:
     return template
 
 
+def processor_from_config(config, tokenizer, chat_template=None, **settings) -> UniMoEProcessor:
+    """The processor matching a `UniMoEConfig` (or any object with its attributes): placeholder strings come from the
+    tokenizer at the config's token ids, the counts from the config, the image size from its vision config;
+    `settings` override the processor's settings (`UniMoEProcessor` arguments)."""
+
+    def token_of(token_id):
+        return None if token_id is None else tokenizer.convert_ids_to_tokens(int(token_id))
+
+    vision, speech = getattr(config, "vision_config", None), getattr(config, "speech_config", None)
+    sound = getattr(config, "audio_config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config.text_config
+    arguments = dict(
+        image_processor=make_clip_image_processor(vision.image_size if vision is not None else 336),
+        feature_extractor=WhisperFeatureExtractor(
+            feature_size=speech.num_mel_bins if speech is not None else 80,
+            sampling_rate=SAMPLING_RATE,
+            chunk_length=getattr(config, "audio_chunk_seconds", CHUNK_SECONDS),
+        ),
+        tokenizer=tokenizer,
+        chat_template=chat_template,
+        image_token=token_of(config.image_token_id) or "<image>",
+        video_token=token_of(config.video_token_id) or "<video>",
+        audio_token=token_of(config.audio_token_id if speech is not None else config.sound_token_id) or "<audio>",
+        sound_token=token_of(config.sound_token_id) if (speech is not None and sound is not None) else None,
+        image_seq_length=(vision.image_size // vision.patch_size) ** 2 if vision is not None else None,
+        num_video_frames=config.num_video_frames,
+        num_speech_query_tokens=config.num_speech_query_tokens if speech is not None else None,
+        num_sound_query_tokens=config.num_sound_query_tokens if sound is not None else None,
+        max_sound_chunks=config.max_sound_chunks,
+        context_length=getattr(text_config, "max_position_embeddings", None),
+    )
+    return UniMoEProcessor(**{**arguments, **settings})
+
+
 def build_processor(config, tokenizer, **settings) -> UniMoEProcessor:
     """The processor of a model config, with the chat template (also set on the tokenizer); `settings` override the
     processor's settings (`UniMoEProcessor` arguments, e.g. `ORIGINAL_PREPROCESSING`)."""
     template = chat_template_for(config, tokenizer)
     tokenizer.chat_template = template
-    return UniMoEProcessor.from_config(config, tokenizer, chat_template=template, **settings)
+    return processor_from_config(config, tokenizer, chat_template=template, **settings)
 
 
 def save_processor(config, tokenizer, out_dir, **settings) -> UniMoEProcessor:
@@ -123,6 +159,7 @@ __all__ = [
     "add_custom_pipeline",
     "build_processor",
     "chat_template_for",
+    "processor_from_config",
     "save_processor",
     "save_tiny_processor",
 ]

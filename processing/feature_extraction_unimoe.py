@@ -1,30 +1,138 @@
 # Copyright 2026 The uni-moe developers. Licensed under the Apache License, Version 2.0.
-"""Uni-MoE's audio features: one chunking rule for both audio paths, and the BEATs (sound) feature extractor.
+"""Uni-MoE's audio at the model's rate: resampling to 16 kHz, the one chunking rule of both audio paths, and their
+features (Whisper log-mels for speech, the BEATs kaldi fbank for sounds).
 
-A Hub file beside `processing_unimoe.py` (which imports it): it imports only torch, numpy, transformers, the standard
-library and `media_unimoe.py`. The speech path's log-mel features are transformers' `WhisperFeatureExtractor`, applied
-by the processor to the chunks `audio_chunks` cuts; the sound path's kaldi fbank is `UniMoEBEATsFeatureExtractor`.
+A Hub file beside `processing_unimoe.py`: it imports only torch, numpy, transformers and the standard library, and no
+sibling (`media_unimoe.py` resamples with it, `processing_unimoe.py` extracts features with it).
+
+Both audio paths cut a 16 kHz waveform with `audio_chunks`: the speech path (`speech_features`) feeds each chunk to
+transformers' `WhisperFeatureExtractor`, the sound path (`UniMoEBEATsFeatureExtractor`) turns each chunk into a kaldi
+fbank. How many chunks an input may take is checked while it is read (`media_unimoe.AudioLimit`).
 """
 
 import functools
+import importlib
 import math
 
 import numpy as np
 import torch
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.utils import logging
-
-from .media_unimoe import SAMPLING_RATE, EmptyAudioError, TooManyChunksError, UniMoEProcessingError
 
 
-logger = logging.get_logger(__name__)
-
+SAMPLING_RATE = 16_000  # the rate inside the model (Whisper and BEATs features)
 CHUNK_SECONDS = 30
 CHUNK_SAMPLES = SAMPLING_RATE * CHUNK_SECONDS  # 480,000: one Whisper / BEATs input
 # the original's sound path keeps this many chunks of a longer sound (and drops the rest without a word)
 ORIGINAL_MAX_SOUND_CHUNKS = 20
 SOUND_CHUNK_PADDINGS = ("zeros", "last_sample")
+RESAMPLERS = ("soxr_hq", "windowed_sinc")
+
+
+# --- resampling -------------------------------------------------------------------------------------------------------
+def resampled_length(num_samples: int, orig_sr: int, target_sr: int = SAMPLING_RATE) -> int:
+    """Samples after resampling `num_samples` samples from `orig_sr` to `target_sr` (librosa's length:
+    ceil(num_samples * target_sr / orig_sr))."""
+    if orig_sr == target_sr:
+        return int(num_samples)
+    return int(np.ceil(num_samples * (float(target_sr) / orig_sr)))
+
+
+def resample_audio(
+    waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLING_RATE, method: str = "soxr_hq"
+) -> np.ndarray:
+    """Resampling as the original Uni-MoE's `librosa.load(sr=16000)`: python-soxr at high quality ("HQ", librosa's
+    default `soxr_hq`) on float32 samples, cut or zero-padded to `resampled_length` samples (librosa's `fix_length`).
+    Needs the `soxr` package unless the rates are equal. `method="windowed_sinc"` is the resampler the tiny
+    checkpoint was trained with instead (`windowed_sinc_resample`). Returns float32."""
+    if method not in RESAMPLERS:
+        raise ValueError(f"method must be one of {RESAMPLERS}, got {method!r}.")
+    if method == "windowed_sinc":
+        return windowed_sinc_resample(waveform, orig_sr, target_sr)
+    waveform = np.asarray(waveform, dtype=np.float32)
+    if orig_sr == target_sr or waveform.size == 0:
+        return waveform
+    try:
+        soxr = importlib.import_module("soxr")
+    except ImportError:
+        raise ImportError(
+            f"Resampling audio from {orig_sr} Hz to {target_sr} Hz needs the `soxr` package (python-soxr, the "
+            "resampler librosa uses), which is not installed. Install it with `pip install soxr`, or pass audio "
+            f"sampled at {target_sr} Hz."
+        ) from None
+    out = soxr.resample(np.ascontiguousarray(waveform), orig_sr, target_sr, quality="HQ")
+    length = resampled_length(len(waveform), orig_sr, target_sr)
+    if len(out) < length:
+        out = np.concatenate([out, np.zeros(length - len(out), out.dtype)])
+    return np.ascontiguousarray(out[:length], dtype=np.float32)
+
+
+def windowed_sinc_resample(waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLING_RATE) -> np.ndarray:
+    """Band-limited resampling (Hann-windowed sinc, 6 zero crossings, cutoff 0.99 x the lower Nyquist rate), for any
+    pair of integer rates: the resampler of the tiny checkpoint's training data. Output length is ceil(len * target_sr
+    / orig_sr)."""
+    if orig_sr == target_sr or waveform.size == 0:
+        return waveform.astype(np.float32, copy=False)
+    zero_crossings, rolloff = 6, 0.99
+    x = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float64))
+    beta = rolloff * min(orig_sr, target_sr) / orig_sr  # cutoff in cycles per input sample, times 2
+    half_width = math.ceil(zero_crossings / beta)  # kernel half width in input samples
+    num_out = math.ceil(len(x) * target_sr / orig_sr)
+    taps = torch.arange(-half_width, half_width + 1, dtype=torch.int64).double()  # [taps]
+    windows = torch.nn.functional.pad(x, (half_width, half_width + 1)).unfold(0, len(taps), 1)  # [len + 1, taps]
+    out = torch.empty(num_out, dtype=torch.float64)
+    block = 1 << 15
+    for start in range(0, num_out, block):
+        j = torch.arange(start, min(start + block, num_out), dtype=torch.int64)
+        base = (j * orig_sr) // target_sr  # input sample at or left of each output instant
+        # its offset from that sample: one of at most target_sr values, so the kernel is computed once per offset seen
+        offsets, which = torch.unique((j * orig_sr) % target_sr, return_inverse=True)
+        t = (offsets.double() / target_sr)[:, None] - taps[None, :]  # [offsets, taps]: distance to each input sample
+        kernel = beta * torch.sinc(beta * t) * torch.cos(t * (math.pi * beta / (2 * zero_crossings))).pow(2)
+        kernel = kernel * ((beta * t).abs() <= zero_crossings)
+        out[start : start + len(j)] = (windows[base] * kernel[which]).sum(-1)
+    return out.numpy().astype(np.float32)
+
+
+class AudioLimit:
+    """How much of one audio input is used: at most `max_samples` samples at 16 kHz. A longer input raises
+    `error(message(what, seconds, at_least))` (the caller's error class and message: they depend on the audio path;
+    `at_least` where the length was counted while decoding and decoding stopped at the limit), or with
+    `truncate=True` keeps its first `max_samples` samples. Files are checked from their header, before decoding, and
+    only the kept part (plus one second that the resampler's filter reads past the cut) is decoded."""
+
+    def __init__(self, max_samples: int, truncate: bool = False, message=None, error=ValueError):
+        if max_samples < 1:
+            raise ValueError(f"max_samples must be >= 1, got {max_samples}.")
+        self.max_samples, self.truncate, self.message, self.error = int(max_samples), truncate, message, error
+
+    @property
+    def seconds(self) -> float:
+        return self.max_samples / SAMPLING_RATE
+
+    def too_long(self, num_samples: int, rate: int) -> bool:
+        return resampled_length(num_samples, rate) > self.max_samples
+
+    def frames_to_read(self, rate: int) -> int:
+        """Frames at `rate` that give the kept samples exactly, with the resampler's look-ahead."""
+        if rate == SAMPLING_RATE:
+            return self.max_samples
+        return math.ceil(self.max_samples * rate / SAMPLING_RATE) + int(rate)
+
+    def frames_to_decode(self, frames: int | None, rate: int, what: str, seconds: float | None = None) -> int:
+        """For a file of `frames` frames at `rate` (None: not in its header): refused here when too long (and not
+        truncated), else the frames to decode: the kept ones plus one, to tell a longer file."""
+        if frames is not None and self.too_long(frames, rate) and not self.truncate:
+            raise self.refuse(frames / rate if seconds is None else seconds, what)
+        return self.frames_to_read(rate) + 1
+
+    def refuse(self, seconds: float, what: str, at_least: bool = False) -> Exception:
+        if self.message is not None:
+            return self.error(self.message(what, seconds, at_least))
+        more = "more than " if at_least else ""
+        return self.error(
+            f"{what} lasts {more}{seconds:.1f} s; at most {self.seconds:g} s are taken. Cut it to {self.seconds:g} s."
+        )
 
 
 # --- chunks -----------------------------------------------------------------------------------------------------------
@@ -41,7 +149,7 @@ def audio_chunks(
     if padding not in SOUND_CHUNK_PADDINGS:
         raise ValueError(f"padding must be one of {SOUND_CHUNK_PADDINGS}, got {padding!r}.")
     stride = int(stride or chunk_samples)
-    count = max(1, math.ceil(len(wave) / stride))
+    count = num_audio_chunks(len(wave), chunk_samples, stride)
     chunks = np.zeros((count, chunk_samples), np.float32)
     real = []
     for index in range(count):
@@ -58,9 +166,10 @@ def num_audio_chunks(num_samples: int, chunk_samples: int, stride: int | None = 
     return max(1, math.ceil(num_samples / int(stride or chunk_samples)))
 
 
-def too_many_chunks_message(
-    what: str, seconds: float, chunks: int, chunk_samples: int, max_chunks: int, at_least: bool = False
-) -> str:
+def too_many_chunks_message(chunk_samples: int, max_chunks: int, what: str, seconds: float, at_least=False) -> str:
+    """Why a sound of `seconds` is refused on the sound path, which takes at most `max_chunks` chunks (`at_least`:
+    the length was counted while decoding, which stopped at the limit)."""
+    chunks = num_audio_chunks(round(seconds * SAMPLING_RATE), chunk_samples)
     chunk, most = chunk_samples / SAMPLING_RATE, max_chunks * chunk_samples / SAMPLING_RATE
     more, least = ("more than ", "at least ") if at_least else ("", "")
     return (
@@ -71,7 +180,35 @@ def too_many_chunks_message(
     )
 
 
-# --- BEATs filterbank -------------------------------------------------------------------------------------------------
+def speech_too_long_message(chunk_samples: int, stride: int, tokens_per_chunk: int, context: int, what: str,
+                            seconds: float, at_least=False) -> str:  # fmt: skip
+    """Why a speech input of `seconds` is refused: its chunks (`stride` apart) take more tokens than the context."""
+    chunks = num_audio_chunks(round(seconds * SAMPLING_RATE), chunk_samples, stride)
+    most = max(1, context // tokens_per_chunk)
+    more, least = ("more than ", "at least ") if at_least else ("", "")
+    return (
+        f"{what} lasts {more}{seconds:.1f} s: {least}{chunks} chunks of {chunk_samples / SAMPLING_RATE:g} s at "
+        f"{tokens_per_chunk} tokens each, {least}{chunks * tokens_per_chunk} tokens, more than the model's context of "
+        f"{context} tokens, which holds at most {most} chunks ({most * stride / SAMPLING_RATE:g} s) of speech. Cut the "
+        "audio (to less than that, as the prompt's text and other media take tokens too), or split it over several "
+        "questions."
+    )
+
+
+# --- speech: Whisper log-mels ------------------------------------------------------------------------------------------
+def speech_features(feature_extractor, waves, stride: int | None = None) -> tuple[np.ndarray, list[int]]:
+    """Whisper log-mel features [chunks, mels, frames] of every chunk of every 16 kHz waveform (`audio_chunks` of
+    `feature_extractor.n_samples` samples, `stride` apart), and the number of chunks of each waveform."""
+    chunks, counts = [], []
+    for wave in waves:
+        pieces, _ = audio_chunks(wave, feature_extractor.n_samples, stride)
+        chunks += list(pieces)
+        counts.append(len(pieces))
+    features = feature_extractor(chunks, sampling_rate=SAMPLING_RATE, padding="max_length", return_tensors="np")
+    return np.asarray(features["input_features"], dtype=np.float32), counts
+
+
+# --- sound: the BEATs filterbank --------------------------------------------------------------------------------------
 def _kaldi_mel(freq):
     return 1127.0 * torch.log1p(freq / 700.0)
 
@@ -126,24 +263,23 @@ class UniMoEBEATsFeatureExtractor(SequenceFeatureExtractor):
     r"""BEATs inputs for Uni-MoE's sound path: 16 kHz audio cut into chunks of `chunk_samples` (30 s: 480,000 samples;
     the last padded with zeros, or by repeating its last sample with `chunk_padding="last_sample"` as the original
     does), each turned into a 128-bin kaldi fbank of `waveform * 2**15` (2998 frames per 30 s).
-    The fbank is NOT normalised: the model's BEATs applies (fbank - 15.41663) / (2 * 6.55582) itself.
+    The fbank is not normalised here: the model's BEATs applies (fbank - fbank_mean) / (2 * fbank_std) (its config's
+    15.41663 and 6.55582, the original's preprocess constants).
 
     Returns `sound_features` [chunks, 2998, 128], `sound_features_mask` [chunks, 2998] (1 = frame of real audio: a
     frame is padding when all 160 samples of its hop are padding, as the original BEATs' sample-mask downsampling
-    gives) and `sound_chunks` (chunks per input). A sound longer than `max_chunks` chunks raises
-    `TooManyChunksError`, or keeps its first `max_chunks` chunks when called with `truncation=True` (what the
-    original does, without a word, at 20 chunks).
+    gives) and `sound_chunks` (chunks per input). How many chunks a sound may take is checked where it is read
+    (`UniMoEProcessor`'s `max_sound_chunks`).
     """
 
     model_input_names = ["sound_features", "sound_features_mask"]
 
     def __init__(self, feature_size=128, sampling_rate=SAMPLING_RATE, padding_value=0.0, chunk_samples=CHUNK_SAMPLES,
-                 max_chunks=ORIGINAL_MAX_SOUND_CHUNKS, waveform_scale=2**15, chunk_padding="zeros", **kwargs):  # fmt: skip
+                 waveform_scale=2**15, chunk_padding="zeros", **kwargs):  # fmt: skip
         super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
         if chunk_padding not in SOUND_CHUNK_PADDINGS:
             raise ValueError(f"chunk_padding must be one of {SOUND_CHUNK_PADDINGS}, got {chunk_padding!r}.")
         self.chunk_samples = chunk_samples
-        self.max_chunks = max_chunks
         self.waveform_scale = waveform_scale
         self.chunk_padding = chunk_padding
 
@@ -151,12 +287,9 @@ class UniMoEBEATsFeatureExtractor(SequenceFeatureExtractor):
     def frames_per_chunk(self) -> int:
         return 1 + (self.chunk_samples - 400) // 160
 
-    def num_chunks(self, num_samples: int) -> int:
-        return num_audio_chunks(num_samples, self.chunk_samples)
-
-    def __call__(self, raw_audio, sampling_rate=None, truncation=False, return_tensors=None, **kwargs):
+    def __call__(self, raw_audio, sampling_rate=None, return_tensors=None, **kwargs):
         if sampling_rate is not None and sampling_rate != self.sampling_rate:
-            raise UniMoEProcessingError(
+            raise ValueError(
                 f"UniMoEBEATsFeatureExtractor expects {self.sampling_rate} Hz audio, got sampling_rate="
                 f"{sampling_rate}. Resample first (UniMoEProcessor does it for you)."
             )
@@ -167,21 +300,7 @@ class UniMoEBEATsFeatureExtractor(SequenceFeatureExtractor):
         for index, wave in enumerate(raw_audio):
             wave = np.asarray(wave, dtype=np.float32)
             if wave.ndim != 1 or wave.size == 0:
-                raise EmptyAudioError(
-                    f"Sound {index} has shape {tuple(wave.shape)}; expected a non-empty 1-D waveform."
-                )
-            chunks = self.num_chunks(wave.size)
-            if chunks > self.max_chunks:
-                seconds = wave.size / self.sampling_rate
-                if not truncation:
-                    raise TooManyChunksError(
-                        too_many_chunks_message(f"Sound {index}", seconds, chunks, self.chunk_samples, self.max_chunks)
-                    )
-                logger.warning(
-                    f"Sound {index} ({seconds:.1f} s) is truncated to its first "
-                    f"{self.max_chunks * self.chunk_samples / self.sampling_rate:g} s."
-                )
-                wave = wave[: self.max_chunks * self.chunk_samples]
+                raise ValueError(f"Sound {index} has shape {tuple(wave.shape)}; expected a non-empty 1-D waveform.")
             pieces, real = audio_chunks(wave, self.chunk_samples, padding=self.chunk_padding)
             counts.append(len(pieces))
             for piece, length in zip(pieces, real, strict=True):
@@ -199,9 +318,13 @@ class UniMoEBEATsFeatureExtractor(SequenceFeatureExtractor):
 
 __all__ = [
     "CHUNK_SAMPLES",
+    "SAMPLING_RATE",
+    "AudioLimit",
     "UniMoEBEATsFeatureExtractor",
     "audio_chunks",
     "kaldi_fbank",
     "num_audio_chunks",
-    "too_many_chunks_message",
+    "resample_audio",
+    "speech_features",
+    "windowed_sinc_resample",
 ]

@@ -54,7 +54,6 @@ from vllm.sequence import IntermediateTensors
 
 ARCHITECTURE = "UniMoEForCausalLM"
 SAMPLING_RATE = 16000  # of both audio towers
-PLACEHOLDER_IDS = ("image_token_id", "video_token_id", "audio_token_id", "sound_token_id")  # config attributes
 
 # q/k/v into vLLM's fused qkv_proj and the dense MLPs' gate/up into gate_up_proj; expert weights
 # (`mlp.experts.N.gate_proj`) keep their names: the fused-MoE layer loads them itself
@@ -473,12 +472,10 @@ class UniMoEForCausalLM(nn.Module, SupportsMultiModal, SupportsPP):
                 "serve it with vLLM."
             )
         self.config = config
-        # media placeholders are inputs, never outputs (the transformers model suppresses them in generate, too)
-        self.placeholder_ids = sorted(
-            {getattr(config, n) for n in PLACEHOLDER_IDS if getattr(config, n, None) is not None}
-        )
-        self.configure_mm_token_handling(text_config.vocab_size, self.placeholder_ids)
         self.encoders = _media_encoders(config)
+        # media placeholders are inputs, never outputs (the transformers model suppresses them in generate, too)
+        self.placeholder_ids = sorted(set(self.encoders.config.placeholder_token_ids.values()))
+        self.configure_mm_token_handling(text_config.vocab_size, self.placeholder_ids)
         self.language_model = UniMoETextForCausalLM(
             vllm_config=vllm_config.with_hf_config(text_config, architectures=["LlamaForCausalLM"]),
             prefix=maybe_prefix(prefix, "language_model"),

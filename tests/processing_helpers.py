@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from modeling_unimoe import UniMoEConfig
-from modeling_unimoe.processing.export import build_processor, build_tiny_processor_tokenizer
+from modeling_unimoe.processing.export import build_processor, build_tiny_processor_tokenizer, processor_from_config
 
 
 SR = 16_000
@@ -34,7 +34,7 @@ def tiny_processor(variant: str = "all", **overrides):
     config = tiny_config(variant)
     processor = build_processor(config, build_tiny_processor_tokenizer(config))
     if overrides:
-        processor = type(processor).from_config(config, processor.tokenizer, processor.chat_template, **overrides)
+        processor = processor_from_config(config, processor.tokenizer, processor.chat_template, **overrides)
     return processor
 
 

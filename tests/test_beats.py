@@ -1,4 +1,4 @@
-"""The BEATs sound tower (`UniMoEBEATsModel` in modeling_unimoe.py) against an independent reference.
+"""The BEATs sound tower (`UniMoEBEATsModel` in modeling_beats.py) against an independent reference.
 
 The reference below is written independently, straight from the facts of the original BEATs (microsoft/unilm
 beats/BEATs.py + beats/backbone.py): explicit patch extraction, Python-int relative buckets, a tap-by-tap weight-normed
@@ -11,8 +11,8 @@ import re
 import pytest
 import torch
 
-from modeling_unimoe.configuration_unimoe import UniMoEBEATsConfig
-from modeling_unimoe.modeling_unimoe import UniMoEBEATsModel, beats_relative_position_bucket
+from modeling_unimoe.configuration_beats import UniMoEBEATsConfig
+from modeling_unimoe.modeling_beats import UniMoEBEATsModel, beats_relative_position_bucket
 
 
 # the original lists layer 0's shared relative position embedding under every layer; we keep only layer 0's

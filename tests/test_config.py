@@ -42,22 +42,54 @@ def test_invalid_text_config(kwargs, message):
 def test_invalid_top_level_values():
     with pytest.raises(ValueError, match=re.escape("Unknown preset 'uni-moe-9e'. Available presets: [")):
         UniMoEConfig.from_preset("uni-moe-9e")
-    with pytest.raises(ValueError, match=re.escape("`vision_connector` must be one of ['mlp2x_gelu'], got 'linear'.")):
-        UniMoEConfig.from_preset("tiny", vision_connector="linear")
     with pytest.raises(ValueError, match=re.escape("`image_token_id` is required when its tower is configured")):
         UniMoEConfig.from_preset("tiny", image_token_id=None)
     with pytest.raises(ValueError, match=re.escape("`audio_token_id` must be a token id in [0, 512)")):
         UniMoEConfig.from_preset("tiny", audio_token_id=512)
-    with pytest.raises(ValueError, match=re.escape("Placeholder token ids must be distinct, got [3, 3, 4, 6].")):
+    distinct = "Placeholder token ids must be distinct, got {'image': 3, 'video': 3, 'speech': 4, 'sound': 6}."
+    with pytest.raises(ValueError, match=re.escape(distinct)):
         UniMoEConfig.from_preset("tiny", video_token_id=3)
 
 
-def test_round_trip_through_json(tmp_path, tiny_config):
+def test_placeholder_token_ids_name_each_configured_modality(tiny_config):
+    assert tiny_config.placeholder_token_ids == {"image": 3, "video": 5, "speech": 4, "sound": 6}
+    audio = UniMoEConfig.from_preset("uni-moe-audio-4e")
+    assert audio.placeholder_token_ids == {"image": 32000, "video": 32002, "sound": 32001}
+    assert UniMoEConfig().placeholder_token_ids == {}
+
+
+def test_config_json_with_unused_connector_keys_loads_without_them(tmp_path, tiny_config):
+    """config.json files that name the connector types (`vision_connector`, ...) load; the keys are not kept."""
+    import json
+
     tiny_config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert "vision_connector" not in saved
+    saved.update(vision_connector="mlp2x_gelu", speech_connector="whisper_decoder", sound_connector="qformer")
+    (tmp_path / "config.json").write_text(json.dumps(saved))
     loaded = UniMoEConfig.from_pretrained(tmp_path)
     assert loaded.to_dict() == tiny_config.to_dict()
-    assert type(loaded.audio_config).__name__ == "UniMoEBEATsConfig"
-    assert type(loaded.vision_config).__name__ == "CLIPVisionConfig"
+    assert not hasattr(loaded, "vision_connector")
+
+
+def test_a_new_config_maps_every_auto_class_and_a_loaded_one_keeps_its_map(tmp_path):
+    import json
+
+    config = UniMoEConfig.from_preset("tiny")
+    expected = {
+        "AutoConfig": "configuration_unimoe.UniMoEConfig",
+        "AutoModel": "modeling_unimoe.UniMoEModel",
+        "AutoModelForCausalLM": "modeling_unimoe.UniMoEForCausalLM",
+        "AutoModelForImageTextToText": "modeling_unimoe.UniMoEForCausalLM",
+    }
+    assert config.auto_map == expected
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["auto_map"] == expected
+    assert (tmp_path / "configuration_unimoe.py").is_file() and (tmp_path / "configuration_beats.py").is_file()
+    saved["auto_map"] = {"AutoConfig": "org/code--configuration_unimoe.UniMoEConfig"}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert UniMoEConfig.from_pretrained(tmp_path).auto_map == saved["auto_map"]
 
 
 def expected_llm_parameters(text) -> int:

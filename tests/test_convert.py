@@ -22,6 +22,8 @@ from safetensors import safe_open
 from hub_export.convert import convert, main, push_folder
 from hub_export.errors import ConversionError
 from hub_export.fake_release import VOCAB, build_release
+from hub_export.output import HUB_CODE_FILES
+from modeling_unimoe.configuration_unimoe import AUTO_MAP
 
 from .original_reference import OriginalReference, hf_inputs, make_prompts
 
@@ -32,7 +34,7 @@ TOLERANCE = 1e-4
 
 
 def beats_tower_ready() -> bool:
-    from modeling_unimoe.modeling_unimoe import UniMoEBEATsModel
+    from modeling_unimoe.modeling_beats import UniMoEBEATsModel
 
     return "__init__" in UniMoEBEATsModel.__dict__
 
@@ -126,14 +128,14 @@ def test_folder_contents(parity):
     out = parity["out"] / "8e"
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "generation_config.json", "README.md", "tokenizer.json", "tokenizer_config.json"} <= names
-    assert {"configuration_unimoe.py", "modeling_unimoe.py", "model.safetensors.index.json"} <= names
+    assert {*HUB_CODE_FILES, "model.safetensors.index.json"} <= names
     assert {"processor_config.json", "chat_template.jinja", "processing_unimoe.py"} <= names
     processor_config = json.loads((out / "processor_config.json").read_text())
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_unimoe.UniMoEProcessor"
-    for name in ("configuration_unimoe.py", "modeling_unimoe.py"):
+    for name in HUB_CODE_FILES:
         assert (out / name).read_text() == (REPO / "modeling_unimoe" / name).read_text()
     config = json.loads((out / "config.json").read_text())
-    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_unimoe.UniMoEForCausalLM"
+    assert config["auto_map"] == AUTO_MAP
     assert config["text_config"]["num_experts"] == 8 and config["text_config"]["vocab_size"] == VOCAB + 3
     assert (config["image_token_id"], config["audio_token_id"], config["video_token_id"]) == (
         VOCAB,

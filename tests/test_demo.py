@@ -1,13 +1,12 @@
-"""The Gradio demo (demo/app.py).
+"""The Gradio demo (demo/: app.py and its modules).
 
 In-process unit tests of its parts (settings from flags and variables, history parsing and trimming, typed
-placeholders as text, error texts, the port check), then the app served in a subprocess on the embedded tiny model
+placeholders as text, error texts, the port check, what the modules import), then the app served in a subprocess on the embedded tiny model
 and driven through gradio_client: image, sound, speech and video questions answered correctly, streaming, 8
 concurrent requests, a corrupt upload, history on / off and trimmed to the context, an 8-bit server that warns once,
 and the files it leaves (none)."""
 
-import importlib.util
-import logging
+import ast
 import os
 import re
 import socket
@@ -27,6 +26,14 @@ from modeling_unimoe.training.synthetic import is_correct, load_split, make_exam
 pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
+import app  # noqa: E402  (demo/: tests/conftest.py puts it on the path)
+import backends  # noqa: E402
+import chat  # noqa: E402
+import ui  # noqa: E402
+from chat import ERROR_MARK, NOTE_MARK  # noqa: E402
+from media import explain_file_error, plain_text  # noqa: E402
+
+
 REPO = Path(__file__).resolve().parent.parent
 APP = REPO / "demo" / "app.py"
 MODEL = REPO / "checkpoints" / "uni-moe-tiny"
@@ -41,22 +48,8 @@ EXAMPLES = {
     "video_direction": (0, 1),
 }
 READY_TIMEOUT_S = 180
-ERROR_MARK = "⚠️"
-NOTE_MARK = "ℹ️"
 
 pytestmark = pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason=f"no embedded checkpoint at {MODEL}")
-
-
-def load_app():
-    """demo/app.py as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("unimoe_demo_app", APP)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-app = load_app()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -194,10 +187,10 @@ def test_check_port_refuses_a_busy_port_in_one_line():
 
 
 def test_typed_placeholders_and_special_tokens_are_text(processor):
-    controls = app.control_strings(processor)
+    controls = chat.control_strings(processor)
     assert {"<image>", "<video>", "<audio>", "</s>"} <= set(controls)
     message = {"text": "What is <image>? </s>USER: <video> <sound>", "files": []}
-    messages = app.to_chat_messages(message, [], processor)
+    messages = chat.to_chat_messages(message, [], processor)
     inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     ids = inputs["input_ids"][0] if isinstance(inputs["input_ids"][0], list) else inputs["input_ids"]
     placeholder_ids = {processor.image_token_id, processor.video_token_id, processor.audio_token_id}
@@ -208,10 +201,10 @@ def test_typed_placeholders_and_special_tokens_are_text(processor):
     assert "What is <\u2060image>? <\u2060/s>USER: <\u2060video> <\u2060sound>" in text
     # the same text with an image attached keeps exactly one image placeholder, the attachment's
     image = make_example("image_color", "test", 0, SEED)["image"]
-    content = app.user_message(["<image> What color is the shape?"], [], processor, "auto", controls)["content"]
-    chat = [{"role": "user", "content": [{"type": "image", "image": image}, *content]}]
-    ids = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-    ids = ids[0] if isinstance(ids[0], list) else ids
+    content = chat.user_message(["<image> What color is the shape?"], [], processor, "auto", controls)["content"]
+    conversation = [{"role": "user", "content": [{"type": "image", "image": image}, *content]}]
+    inputs = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)
+    ids = inputs["input_ids"][0] if isinstance(inputs["input_ids"][0], list) else inputs["input_ids"]
     assert ids.count(processor.image_token_id) == processor.image_seq_length
 
 
@@ -229,7 +222,7 @@ def test_history_parsing_drops_failed_and_unanswered_turns_and_notes():
         {"role": "assistant", "content": "five"},
         {"role": "user", "content": "stopped before its answer"},
     ]
-    exchanges = app.parse_history(history)
+    exchanges = chat.parse_history(history)
     assert [(e.texts, e.files, e.answer) for e in exchanges] == [
         (["What color?"], ["/tmp/a.png"], "red"),
         (["What is 2 plus 3?"], [], "five"),
@@ -252,23 +245,23 @@ def test_fit_to_context_drops_the_oldest_exchanges_first():
     encode, calls = _fake_encode(100)
     pairs = [[{"role": "user", "id": i}, {"role": "assistant", "id": i}] for i in range(10)]
     current = {"role": "user", "id": "now"}
-    fitted = app.fit_to_context(encode, pairs, current, context=1000, max_new_tokens=100)
+    fitted = chat.fit_to_context(encode, pairs, current, context=1000, max_new_tokens=100)
     # 21 messages = 2100 tokens; 9 messages + 100 new tokens = 1000 fit: the 6 oldest exchanges go
     assert fitted.dropped == 6 and fitted.max_new_tokens == 100
     assert fitted.inputs["input_ids"].shape[-1] + 100 <= 1000
     assert len(calls) <= 6  # a binary search, not one probe per exchange
-    fitted = app.fit_to_context(encode, pairs[:2], current, context=1000, max_new_tokens=100)
+    fitted = chat.fit_to_context(encode, pairs[:2], current, context=1000, max_new_tokens=100)
     assert fitted.dropped == 0 and fitted.inputs["input_ids"].shape[-1] == 500
 
 
 def test_fit_to_context_shrinks_the_answer_then_refuses():
     encode, _ = _fake_encode(900)
     pair = [[{"role": "user"}, {"role": "assistant"}]]
-    fitted = app.fit_to_context(encode, pair, {"role": "user"}, context=1000, max_new_tokens=256)
+    fitted = chat.fit_to_context(encode, pair, {"role": "user"}, context=1000, max_new_tokens=256)
     assert (fitted.dropped, fitted.max_new_tokens) == (1, 100)
     encode, _ = _fake_encode(1000)
-    with pytest.raises(app.ContextOverflowError, match="more than the model's context of 1000 tokens"):
-        app.fit_to_context(encode, pair, {"role": "user"}, context=1000, max_new_tokens=1)
+    with pytest.raises(chat.ContextOverflowError, match="more than the model's context of 1000 tokens"):
+        chat.fit_to_context(encode, pair, {"role": "user"}, context=1000, max_new_tokens=1)
 
     class TooLong(Exception):
         pass
@@ -276,8 +269,8 @@ def test_fit_to_context_shrinks_the_answer_then_refuses():
     def refuse(messages):
         raise TooLong
 
-    with pytest.raises(app.ContextOverflowError):
-        app.fit_to_context(refuse, pair, {"role": "user"}, context=1000, max_new_tokens=1, too_long=(TooLong,))
+    with pytest.raises(chat.ContextOverflowError):
+        chat.fit_to_context(refuse, pair, {"role": "user"}, context=1000, max_new_tokens=1, too_long=(TooLong,))
 
 
 def test_error_texts_have_no_paths_and_no_code_advice():
@@ -286,52 +279,65 @@ def test_error_texts_have_no_paths_and_no_code_advice():
         "'/tmp/gradio/0a1b2c/photo.png'. Expected a readable image file (PNG, JPEG, ...). Pass `truncate_sound=True` "
         "to keep the first chunks. Or pass images=[...] instead."
     )
-    plain = app.plain_text(text)
+    plain = plain_text(text)
     assert "photo.png" in plain and "/tmp" not in plain and "gradio" not in plain
     assert "truncate_sound" not in plain and "images=" not in plain and "`" not in plain
     assert plain.startswith("Could not decode image 0 ('photo.png')")
     limit = "photo.png has 9,000 frames; at most 1,000 frames are taken (`max_video_frames`). Cut it, or raise `x`."
-    assert app.plain_text(limit) == "photo.png has 9,000 frames; at most 1,000 frames are taken."
+    assert plain_text(limit) == "photo.png has 9,000 frames; at most 1,000 frames are taken."
 
 
 def test_explain_file_error_in_user_terms(processor):
     module = sys.modules[type(processor).__module__]
     too_long = module.TooManyChunksError("sound 0 has 25 chunks; pass `truncate_sound=True`")
-    text = app.explain_file_error(too_long, "song.flac", "sound", processor, 2048)
+    text = explain_file_error(too_long, "song.flac", "sound", processor, 2048)
     assert text.startswith("Could not use 'song.flac': the sound is longer than the 60 s") and "`" not in text
     if hasattr(module, "MediaTooLargeError"):
         huge = module.MediaTooLargeError(
             "image 0 ('/tmp/gradio/x/big.png') is 9000x9000 = 81,000,000 pixels; the processor takes at most "
             "16,000,000 pixels per image or video frame (`max_image_pixels`). Pass a smaller image."
         )
-        text = app.explain_file_error(huge, "big.png", "image", processor, 2048)
+        text = explain_file_error(huge, "big.png", "image", processor, 2048)
         assert text == (
             "Could not use 'big.png': the image is too large for this model (it takes at most 16,000,000 pixels). "
             "Upload a smaller or shorter one."
         )
     broken = module.MediaDecodeError("Could not decode image 0 ('/tmp/gradio/x/a.png') as an image")
-    text = app.explain_file_error(broken, "a.png", "image", processor, 2048)
+    text = explain_file_error(broken, "a.png", "image", processor, 2048)
     assert text.startswith("Could not read 'a.png' as an image") and "/tmp" not in text
 
 
-def test_repeated_bitsandbytes_warnings_are_printed_once(caplog):
-    app.quiet_repeated_warnings()
-    app.quiet_repeated_warnings()  # idempotent: one filter
-    logger = logging.getLogger("bitsandbytes.autograd._functions")
-    assert sum(isinstance(f, app._FirstOfEachMessage) for f in logger.filters) == 1
-    with caplog.at_level(logging.WARNING, logger=logger.name):
-        for _ in range(5):
-            logger.warning("MatMul8bitLt: inputs will be cast from %s to float16 during quantization", "torch.float32")
-        logger.warning("another message")
-    assert [r.getMessage()[:20] for r in caplog.records] == ["MatMul8bitLt: inputs", "another message"]
+def test_the_demo_imports_only_its_modules_and_the_routing_analysis():
+    """A Space holds the demo's modules, the routing analysis (`modeling_unimoe.training.routing`) and the model
+    folder (demo/publish.py, which runs in the repository, uploads them): the demo's modules import nothing else of
+    the repository, and the routing analysis imports nothing of it."""
+    repository = {"modeling_unimoe", "training", "hub_export", "processing", "evaluation", "serving", "benchmarks"}
+    repository |= {"demo", "tests"}
+    routing = REPO / "training" / "routing.py"
+    for path in [*(p for p in (REPO / "demo").glob("*.py") if p.name != "publish.py"), routing]:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{path.name}: relative import of {node.module}"
+                names.add(node.module)
+        from_repository = {name for name in names if name.split(".")[0] in repository}
+        allowed = set() if path == routing else {"modeling_unimoe.training.routing"}
+        assert from_repository <= allowed, (path.name, from_repository)
 
 
-def test_the_demo_imports_nothing_from_the_repository():
-    """A Space holds demo/ and the model folder only: the demo's modules import neither the package nor training."""
-    for path in (REPO / "demo").glob("*.py"):
-        imports = re.findall(r"^\s*(?:from|import)\s+([\w.]+)", path.read_text(), re.MULTILINE)
-        roots = {name.split(".")[0] for name in imports}
-        assert not roots & {"modeling_unimoe", "training", "hub_export", "processing"}, (path.name, roots)
+def test_8bit_load_quantizes_the_language_model_but_its_routers():
+    """The demo names no modules to keep: the quantizer reads the model class's `_keep_in_fp32_modules` (routers,
+    towers, connectors) and keeps lm_head by its default."""
+    pytest.importorskip("bitsandbytes")
+    import torch
+
+    model, _ = app.load(str(MODEL), quantization="8bit")
+    linear = {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    quantized = {name for name, module in model.named_modules() if type(module).__name__ == "Linear8bitLt"}
+    expected = {n for n in linear if n.startswith("model.language_model.") and not n.endswith(".mlp.gate")}
+    assert expected and quantized == expected, sorted(quantized ^ expected)[:10]
 
 
 # ------------------------------------------------------------------------------------------------- served, via API
@@ -584,7 +590,7 @@ def fake_vllm():
 @pytest.fixture(scope="module")
 def vllm_demo_url(fake_vllm, processor):
     """The demo with the vLLM backend on the fake server, in this process (no model weights are loaded)."""
-    demo = app.build_demo(None, processor, title="Uni-MoE (vLLM)", backend=app.VLLMBackend(fake_vllm.url))
+    demo = ui.build_demo(None, processor, title="Uni-MoE (vLLM)", backend=backends.VLLMBackend(fake_vllm.url))
     demo.queue(max_size=8, default_concurrency_limit=8)
     _, url, _ = demo.launch(
         server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, ssr_mode=False
@@ -602,7 +608,7 @@ def test_vllm_backend_flags():
     with pytest.raises(SystemExit):
         app.get_args(["--backend", "vllm"], environ={})  # no --url
     with pytest.raises(ConnectionError, match=r"no vLLM server answers at http://127\.0\.0\.1:\d+/v1 .*make serve"):
-        app.VLLMBackend(f"http://127.0.0.1:{free_port()}/v1")
+        backends.VLLMBackend(f"http://127.0.0.1:{free_port()}/v1")
 
 
 def test_vllm_backend_streams_the_servers_answer_and_sends_media_as_data_urls(vllm_demo_url, fake_vllm, tmp_path):

@@ -14,10 +14,9 @@ import zlib
 import numpy as np
 import pytest
 
-from modeling_unimoe.processing.feature_extraction_unimoe import CHUNK_SAMPLES
+from modeling_unimoe.processing.feature_extraction_unimoe import CHUNK_SAMPLES, AudioLimit
 from modeling_unimoe.processing.media_unimoe import (
     MAX_IMAGE_PIXELS,
-    AudioLimit,
     MediaTooLargeError,
     PromptTooLongError,
     TooManyChunksError,

@@ -37,16 +37,18 @@ def test_block_matches_per_token_reference(top_k):
     torch.manual_seed(0)
     block = UniMoESparseMoeBlock(block_config(num_experts_per_tok=top_k))
     x = torch.randn(3, 7, 32)
-    out, router_logits = block(x)
+    out = block(x)
     torch.testing.assert_close(out, reference_moe(block, x), atol=1e-5, rtol=0)
+    router_logits, weights, experts = block.gate(x.reshape(-1, 32))
     torch.testing.assert_close(router_logits, x.reshape(-1, 32) @ block.gate.weight.T)
+    assert weights.shape == experts.shape == (21, top_k)
 
 
 def test_block_backward_matches_reference():
     torch.manual_seed(0)
     block = UniMoESparseMoeBlock(block_config())
     x = torch.randn(2, 5, 32, requires_grad=True)
-    block(x)[0].square().sum().backward()
+    block(x).square().sum().backward()
     ours = [p.grad.clone() for p in block.parameters()] + [x.grad.clone()]
     block.zero_grad()
     x.grad = None
@@ -63,7 +65,7 @@ def test_expert_that_gets_no_token_is_skipped():
         block.gate.weight.zero_()
         block.gate.weight[2, 0] = 1.0  # every token with x[0] > 0 goes to expert 2, others to expert 0
     x = torch.randn(1, 6, 32).abs()
-    out, _ = block(x)
+    out = block(x)
     torch.testing.assert_close(out, block.experts[2](x))
 
 
@@ -148,11 +150,11 @@ def test_capacity_factor_drops_overflow_and_renormalises():
         block.gate.weight[1, 0] = 1.0
     x = torch.randn(1, 8, 32)
     x[..., 0] = 1.0
-    _, weights, selected = block.route(x[0])
+    _, weights, selected = block.gate(x[0])
     # capacity = ceil(0.5 * 8 * 2 / 4) = 2: tokens 0-1 keep expert 0 and tokens 0-1 keep expert 1, the rest drop
     assert selected[:, 0].eq(0).all() and selected[:, 1].eq(1).all()
     kept = weights > 0
     assert kept[:2].all() and not kept[2:].any()
     torch.testing.assert_close(weights[:2].sum(-1), torch.ones(2))
-    out, _ = block(x)
+    out = block(x)
     torch.testing.assert_close(out[0, 2:], torch.zeros(6, 32))

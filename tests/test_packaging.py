@@ -9,7 +9,16 @@ from pathlib import Path
 
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "README.md", "modeling_unimoe", "processing", "training", "evaluation", "hub_export", "serving")
+SOURCES = (
+    "pyproject.toml",
+    "README.md",
+    "modeling_unimoe",
+    "processing",
+    "training",
+    "evaluation",
+    "hub_export",
+    "serving",
+)
 BUILD = "from setuptools import build_meta; print(build_meta.build_wheel('dist'))"
 
 

@@ -13,6 +13,7 @@ from modeling_unimoe.processing.feature_extraction_unimoe import (
     UniMoEBEATsFeatureExtractor,
     kaldi_fbank,
     kaldi_mel_banks,
+    resample_audio,
 )
 from modeling_unimoe.processing.media_unimoe import (
     EmptyAudioError,
@@ -24,7 +25,6 @@ from modeling_unimoe.processing.media_unimoe import (
     UniMoEProcessingError,
     load_audio,
     load_video,
-    resample_audio,
     sample_frame_indices,
 )
 from modeling_unimoe.processing.processing_unimoe import UniMoEProcessor
@@ -400,7 +400,7 @@ def test_beats_extractor_mask_follows_the_original_downsampling():
         np.testing.assert_array_equal(out["sound_features_mask"][0].astype(bool), reference)
 
 
-# --- from_config for the released variants' shapes --------------------------------------------------------------------
+# --- processors of the released variants' shapes ---------------------------------------------------------------------
 def test_sound_only_model_sends_audio_to_beats():
     processor = tiny_processor("sound_only")
     assert processor.audio_path == "sound" and processor.sound_token is None

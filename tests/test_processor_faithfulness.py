@@ -23,14 +23,14 @@ import pytest
 from hub_export.processor_files import save_processor_files
 from modeling_unimoe import UniMoEConfig
 from modeling_unimoe.configuration_unimoe import PRESETS
-from modeling_unimoe.processing.export import ORIGINAL_PREPROCESSING, build_processor, build_tiny_processor_tokenizer
-from modeling_unimoe.processing.feature_extraction_unimoe import CHUNK_SAMPLES
-from modeling_unimoe.processing.media_unimoe import (
-    TooManyChunksError,
-    load_audio,
-    resample_audio,
-    windowed_sinc_resample,
+from modeling_unimoe.processing.export import (
+    ORIGINAL_PREPROCESSING,
+    build_processor,
+    build_tiny_processor_tokenizer,
+    processor_from_config,
 )
+from modeling_unimoe.processing.feature_extraction_unimoe import CHUNK_SAMPLES, resample_audio, windowed_sinc_resample
+from modeling_unimoe.processing.media_unimoe import TooManyChunksError, load_audio
 from modeling_unimoe.processing.processing_unimoe import UniMoEProcessor
 from modeling_unimoe.processing.tiny_tokenizer import tiny_corpus
 
@@ -245,9 +245,9 @@ def test_raw_text_ids_equal_the_per_piece_sentencepiece_reference(processor, sp,
 def test_per_piece_ids_differ_from_whole_prompt_ids(fast, sp):
     """The setting matters: tokenized whole, a converted LLaMA tokenizer drops the "▁" after each placeholder."""
     prompt = "USER: <image>\n<audio>\n<video>\nWhat is this? ASSISTANT:"
-    whole = UniMoEProcessor.from_config(
-        converted_config(sp.get_piece_size()), fast.tokenizer, tokenize_text_pieces=False
-    )(text=prompt, **media_for(prompt))["input_ids"][0]
+    whole = processor_from_config(converted_config(sp.get_piece_size()), fast.tokenizer, tokenize_text_pieces=False)(
+        text=prompt, **media_for(prompt)
+    )["input_ids"][0]
     per_piece = fast(text=prompt, **media_for(prompt))["input_ids"][0]
     assert per_piece == reference_ids(sp, fast, prompt)
     assert len(per_piece) == len(whole) + 3  # one dummy prefix per piece after a placeholder

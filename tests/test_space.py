@@ -1,11 +1,11 @@
-"""demo/ as a Hugging Face Space: a copy of the folder alone, started the way a Space starts it (environment
+"""The demo as a Hugging Face Space: the files demo/publish.py uploads (`publish.stage_space`: the demo's modules and
+the routing analysis at its package path) in a folder alone, started the way a Space starts it (environment
 variables only: GRADIO_SERVER_NAME=0.0.0.0, GRADIO_SERVER_PORT, UNIMOE_DEMO_MODEL = a copy of the tiny model),
 reached on a non-loopback address of this machine and asked an image question through gradio_client, the experts
-plot downloaded over HTTP. Fast in this venv with the uni-moe package blocked from import; slow in a fresh venv made
-with uv from the folder's own requirements.txt. Also: the pinned requirements, the Space metadata and
-demo/publish.py (against a stand-in for HfApi: no network here)."""
+plot downloaded over HTTP. Fast in this venv with the repository's packages blocked from import (but for the Space's
+own files); slow in a fresh venv made with uv from the folder's own requirements.txt. Also: the pinned requirements,
+the Space metadata and demo/publish.py (against a stand-in for HfApi: no network here)."""
 
-import importlib.util
 import json
 import os
 import re
@@ -25,34 +25,32 @@ from modeling_unimoe.training.synthetic import is_correct, make_example
 
 gradio_client = pytest.importorskip("gradio_client")
 
+import publish  # noqa: E402  (demo/: tests/conftest.py puts it on the path)
+
+
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "demo"
 MODEL = REPO / "checkpoints" / "uni-moe-tiny"
 TORCH_WHEELS = Path("/opt/wheels")
 TORCH_INDEX_LINE = "--extra-index-url https://download.pytorch.org/whl/cpu"
 READY_TIMEOUT_S = 240
-# what `python app.py` runs in the fast test: the repository's packages blocked first, so the app can only work
-# from the demo folder and the model folder's remote code
+# what `python app.py` runs in the fast test: the repository's packages found only among the Space's own files (the
+# current folder), so the app can only work from those and the model folder's remote code
 BLOCKED_RUN = (
-    "import importlib.abc, runpy, sys\n"
+    "import importlib.abc, importlib.machinery, os, runpy, sys\n"
     "class Block(importlib.abc.MetaPathFinder):\n"
     "    def find_spec(self, name, path=None, target=None):\n"
     "        if name.split('.')[0] in ('modeling_unimoe', 'training', 'hub_export', 'processing', 'demo'):\n"
-    "            raise ModuleNotFoundError(f'{name} is blocked: a Space has only the demo and the model folders')\n"
+    "            spec = importlib.machinery.PathFinder.find_spec(name, path or [os.getcwd()])\n"
+    "            if spec is None:\n"
+    "                raise ModuleNotFoundError(f'{name} is blocked: a Space has only its own files and the model')\n"
+    "            return spec\n"
     "sys.meta_path.insert(0, Block())\n"
     "sys.argv = ['app.py']\n"
     "runpy.run_path('app.py', run_name='__main__')\n"
 )
 
 pytestmark = pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason=f"no embedded checkpoint at {MODEL}")
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def non_loopback_address() -> str | None:
@@ -80,9 +78,8 @@ def free_port() -> int:
 
 
 def copy_space(tmp_path: Path) -> tuple[Path, Path]:
-    """demo/ alone (no __pycache__) and a copy of the tiny model, side by side in tmp_path."""
-    space = tmp_path / "space"
-    shutil.copytree(DEMO, space, ignore=shutil.ignore_patterns("__pycache__"))
+    """The Space's files (as demo/publish.py uploads them) and a copy of the tiny model, side by side in tmp_path."""
+    space = publish.stage_space(tmp_path / "space")
     model = tmp_path / "uni-moe-tiny"
     shutil.copytree(MODEL, model)
     return space, model
@@ -168,8 +165,7 @@ def test_space_from_a_copy_of_demo_with_variables_only(tmp_path, address):
 
 
 def test_space_without_a_model_variable_names_it(tmp_path):
-    space = tmp_path / "space"
-    shutil.copytree(DEMO, space, ignore=shutil.ignore_patterns("__pycache__"))
+    space = publish.stage_space(tmp_path / "space")
     result = subprocess.run(
         [sys.executable, "-c", BLOCKED_RUN],
         cwd=space,
@@ -245,11 +241,6 @@ def test_space_metadata():
         assert variable in text
 
 
-@pytest.fixture(scope="module")
-def publish():
-    return _load("unimoe_demo_publish", DEMO / "publish.py")
-
-
 class FakeCommit:
     oid = "0123456789abcdef0123456789abcdef01234567"
     commit_url = "https://huggingface.co/you/uni-moe-tiny/commit/0123456"
@@ -265,6 +256,8 @@ class FakeHfApi:
         self.calls.append(("create_repo", repo_id, kwargs))
 
     def upload_folder(self, **kwargs):
+        folder = Path(kwargs["folder_path"])  # a staged folder is gone after the call: its files are kept
+        kwargs["files"] = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
         self.calls.append(("upload_folder", kwargs["repo_id"], kwargs))
         return FakeCommit()
 
@@ -272,7 +265,7 @@ class FakeHfApi:
         self.calls.append(("add_space_variable", repo_id, {key: value}))
 
 
-def test_publish_dry_run_touches_nothing(publish):
+def test_publish_dry_run_touches_nothing():
     logged = []
     result = publish.publish(MODEL, dry_run=True, space="you/uni-moe-demo", api=object(), log=logged.append)
     expected = sorted(p.name for p in MODEL.iterdir() if p.is_file())
@@ -282,7 +275,7 @@ def test_publish_dry_run_touches_nothing(publish):
     assert "UNIMOE_DEMO_MODEL=uni-moe/uni-moe-tiny" in logged[1]
 
 
-def test_publish_uploads_the_model_and_the_space(publish, tmp_path):
+def test_publish_uploads_the_model_and_the_space(tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(MODEL, folder)
     (folder / "eval").mkdir()
@@ -303,12 +296,16 @@ def test_publish_uploads_the_model_and_the_space(publish, tmp_path):
     assert model_upload["folder_path"] == str(folder) and "eval/eval.json" not in model_upload["allow_patterns"]
     assert set(model_upload["allow_patterns"]) == {p.name for p in MODEL.iterdir() if p.is_file()}
     assert api.calls[2][2]["space_sdk"] == "gradio" and api.calls[2][2]["repo_type"] == "space"
-    assert sorted(space_upload["allow_patterns"]) == ["README.md", "app.py", "experts_panel.py", "requirements.txt"]
+    assert space_upload["files"] == sorted(publish.SPACE_FILES) == [
+        "README.md", "app.py", "backends.py", "chat.py", "media.py", "modeling_unimoe/training/routing.py",
+        "requirements.txt", "ui.py",
+    ]  # fmt: skip
+    assert space_upload["delete_patterns"] == ["*.py"]  # modules an earlier demo had and this one has not
     assert api.calls[4][2] == {"UNIMOE_DEMO_MODEL": "you/uni-moe-tiny"}
     assert api.calls[5][2] == {"UNIMOE_DEMO_REVISION": FakeCommit.oid}
 
 
-def test_publish_refuses_an_incomplete_folder_and_a_bad_id(publish, tmp_path, capsys):
+def test_publish_refuses_an_incomplete_folder_and_a_bad_id(tmp_path, capsys):
     folder = tmp_path / "model"
     shutil.copytree(MODEL, folder)
     (folder / "modeling_unimoe.py").unlink()
@@ -322,3 +319,21 @@ def test_publish_refuses_an_incomplete_folder_and_a_bad_id(publish, tmp_path, ca
         publish.publish(MODEL, "uni-moe-tiny", dry_run=True)
     with pytest.raises(publish.PublishError, match="is not a folder"):
         publish.publish(tmp_path / "nothing", dry_run=True)
+
+
+def test_the_staged_space_imports_only_its_own_files(tmp_path):
+    """Every module of the Space imports, of the repository's packages, only modules the Space carries."""
+    import ast
+
+    space = publish.stage_space(tmp_path / "space")
+    carried = {str(p.relative_to(space).with_suffix("")).replace("/", ".") for p in space.rglob("*.py")}
+    carried |= {"modeling_unimoe", "modeling_unimoe.training"}  # folders of the Space (namespace packages)
+    for path in space.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                if name.split(".")[0] in {"modeling_unimoe", "training", "hub_export", "processing", "demo"}:
+                    assert name in carried, f"{path.relative_to(space)} imports {name}, which the Space lacks"
+    with pytest.raises(publish.PublishError, match="is not empty"):
+        publish.stage_space(space)

@@ -44,7 +44,8 @@ def test_set_attn_implementation_eager_returns_attentions_and_the_sdpa_logits(ti
     assert tiny_model.config.get_text_config()._attn_implementation == "eager"
     layers = tiny_model.config.get_text_config().num_hidden_layers
     seq = inputs["input_ids"].shape[1]
-    assert [tuple(a.shape) for a in eager.attentions] == [(1, 4, seq, seq)] * layers
+    heads = tiny_model.config.get_text_config().num_attention_heads
+    assert [tuple(a.shape) for a in eager.attentions] == [(1, heads, seq, seq)] * layers
     torch.testing.assert_close(eager.logits, sdpa, atol=1e-4, rtol=1e-4)
 
 
@@ -110,7 +111,7 @@ def test_dense_dispatch_equals_sparse_dispatch(tiny_model):
     block = tiny_model.model.language_model.layers[0].mlp
     hidden = torch.randn(7, tiny_model.config.text_config.hidden_size)
     with torch.no_grad():
-        _, weights, experts = block.route(hidden)
+        _, weights, experts = block.gate(hidden)
         torch.testing.assert_close(
             block._dense_dispatch(hidden, weights, experts), block._sparse_dispatch(hidden, weights, experts)
         )

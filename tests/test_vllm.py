@@ -348,15 +348,10 @@ def test_server_refuses_bad_media_and_keeps_serving(server, media, tmp_path):
 
 def test_demo_with_the_vllm_backend_answers_as_transformers(server, media):
     """demo/app.py's vLLM backend on the real server: an image question gets transformers' greedy answer."""
-    import importlib.util
-
     gradio_client = pytest.importorskip("gradio_client")
+    import app
     from transformers import AutoProcessor
 
-    spec = importlib.util.spec_from_file_location("unimoe_demo_app_vllm", REPO / "demo" / "app.py")
-    app = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = app  # dataclasses look their module up there
-    spec.loader.exec_module(app)
     processor = AutoProcessor.from_pretrained(TINY, trust_remote_code=True)
     demo = app.build_demo(None, processor, backend=app.VLLMBackend(server))
     demo.queue()

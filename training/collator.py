@@ -26,9 +26,10 @@ import re
 import numpy as np
 import torch
 
+from modeling_unimoe.modeling_unimoe import MEDIA_INPUTS
+
 
 IGNORE_INDEX = -100
-MEDIA_INPUTS = ("pixel_values", "pixel_values_videos", "input_features", "sound_features", "sound_features_mask")
 _PLACEHOLDERS = re.compile(r"<(image|video|audio|sound)>\n?")
 
 

@@ -2,6 +2,7 @@
 """Evaluate an exported Uni-MoE folder on the synthetic task suite, and report expert routing per modality.
 
     python -m modeling_unimoe.training.evaluate checkpoints/uni-moe-tiny --split test   # -> build/eval/uni-moe-tiny
+    python -m modeling_unimoe.training.evaluate checkpoints/uni-moe-tiny --split shifted   # other media distributions
     python -m modeling_unimoe.training.evaluate checkpoints/uni-moe-tiny --split test --routing --out my-eval
 
 The folder is loaded through `AutoModelForCausalLM` / `AutoProcessor` with `trust_remote_code=True`; answers are
@@ -9,8 +10,9 @@ greedy and scored by exact match of the normalised answer (`synthetic.is_correct
 per-modality accuracy, every prediction) into `--out` (default: `build/eval/<folder name>` under the current
 directory; the evaluated folder is never written to) and prints a markdown table. `--routing` also writes
 `routing.json` (per MoE layer, the share of each modality's token-expert assignments that go to each expert: the
-paper's expert preference analysis) and `routing.png` (heat maps). Tokens counted: those after the prompt prefix
-that every example shares (the system prompt), i.e. the user turn with its media placeholders and the question.
+paper's expert preference analysis, `training.routing`) and `routing.png` (heat maps), over up to 16 examples of
+each modality; each token counts as its own modality (media placeholders as their medium, the rest as text), the
+system prompt left out.
 """
 
 from __future__ import annotations
@@ -23,10 +25,8 @@ from pathlib import Path
 import torch
 
 from .collator import record_modality, record_to_messages
-from .synthetic import MODALITY, TASKS, is_correct, load_split, write_split
-
-
-MODALITIES = ("image", "video", "speech", "sound", "text")
+from .routing import MODALITIES, plot_routing, routing_report, system_prefix_length
+from .synthetic import MODALITY, SPLITS, TASKS, is_correct, load_split, write_split
 
 
 def load_folder(folder, dtype=torch.float32):
@@ -109,76 +109,18 @@ def markdown_table(report: dict) -> str:
 # ------------------------------------------------------------------------------------------------------------ routing
 
 
-@torch.no_grad()
-def routing_report(model, processor, records, per_modality: int = 16) -> dict:
-    """Per MoE layer and modality, the share of top-k assignments that go to each expert."""
-    text_config = model.config.get_text_config()
-    layers = text_config.moe_layer_indices
-    if not layers:
-        raise ValueError("This model has no MoE layers: there is no routing to report.")
-    num_experts, top_k = text_config.num_experts, text_config.num_experts_per_tok
+def routing_over_records(model, processor, records, per_modality: int = 16) -> dict:
+    """`routing.routing_report` over up to `per_modality` records of each modality, one prompt each, the system prompt
+    left out; adds `examples_per_modality`."""
     chosen: dict[str, list] = {}
     for record in records:
-        modality = record_modality(record)
-        if len(chosen.setdefault(modality, [])) < per_modality:
-            chosen[modality].append(record)
-    prefix = None  # the prompt prefix every example shares (system prompt)
-    encoded = {}
-    for modality, group in chosen.items():
-        encoded[modality] = [_prompt_batch(processor, [record]) for record in group]
-        for batch in encoded[modality]:
-            ids = batch["input_ids"][0].tolist()
-            if prefix is None:
-                prefix = ids
-            n = 0
-            while n < min(len(prefix), len(ids)) and prefix[n] == ids[n]:
-                n += 1
-            prefix = prefix[:n]
-    counts = {m: torch.zeros(len(layers), num_experts) for m in encoded}
-    for modality, batches in encoded.items():
-        for batch in batches:
-            out = model(**batch, output_router_logits=True, use_cache=False)
-            for slot, logits in enumerate(out.router_logits):  # [tokens, E]
-                selected = logits.float().topk(top_k, dim=-1).indices[len(prefix) :]
-                counts[modality][slot] += torch.bincount(selected.reshape(-1), minlength=num_experts).float()
-    shares = {m: (c / c.sum(-1, keepdim=True).clamp_min(1)).tolist() for m, c in counts.items()}
-    return {
-        "moe_layers": layers,
-        "num_experts": num_experts,
-        "top_k": top_k,
-        "examples_per_modality": {m: len(g) for m, g in chosen.items()},
-        "tokens": "after the shared system-prompt prefix",
-        "share": {m: {str(layer): row for layer, row in zip(layers, shares[m], strict=True)} for m in shares},
-    }
-
-
-def plot_routing(report: dict, path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    modalities = [m for m in MODALITIES if m in report["share"]]
-    layers = report["moe_layers"]
-    fig, axes = plt.subplots(1, len(layers), figsize=(2.2 + 1.6 * len(layers) * report["num_experts"] / 4, 3.2),
-                             squeeze=False)  # fmt: skip
-    for ax, layer in zip(axes[0], layers, strict=True):
-        grid = torch.tensor([report["share"][m][str(layer)] for m in modalities])
-        ax.imshow(grid.numpy(), vmin=0, vmax=1, cmap="viridis")
-        ax.set_title(f"layer {layer}")
-        ax.set_xticks(range(report["num_experts"]))
-        ax.set_xlabel("expert")
-        ax.set_yticks(range(len(modalities)))
-        ax.set_yticklabels(modalities if layer == layers[0] else [])
-        for (row, col), value in ((rc, grid[rc].item()) for rc in [(r, c) for r in range(grid.shape[0])
-                                                                     for c in range(grid.shape[1])]):  # fmt: skip
-            ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if value < 0.5 else "black")  # fmt: skip
-    fig.suptitle("Share of each modality's token assignments per expert")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+        group = chosen.setdefault(record_modality(record), [])
+        if len(group) < per_modality:
+            group.append(record)
+    prompts = [_prompt_batch(processor, [record]) for group in chosen.values() for record in group]
+    report = routing_report(model, processor, prompts, system_prefix_length(processor))
+    report["examples_per_modality"] = {modality: len(group) for modality, group in chosen.items()}
+    return report
 
 
 def default_out(folder) -> Path:
@@ -205,9 +147,9 @@ def evaluate(folder, data="build/tiny/data", split="test", out=None, n_per_task=
     log(markdown_table(report))
     log(f"Wrote {out / 'eval.json'}")
     if routing and model.config.get_text_config().moe_layer_indices:
-        routes = routing_report(model, processor, records)
+        routes = routing_over_records(model, processor, records)
         (out / "routing.json").write_text(json.dumps(routes, indent=1) + "\n")
-        plot_routing(routes, out / "routing.png")
+        plot_routing(routes).save(out / "routing.png")
         log(f"Wrote {out / 'routing.json'} and {out / 'routing.png'}")
         report["routing"] = routes
     return report
@@ -219,7 +161,9 @@ def main(argv=None):
     parser.add_argument(
         "--data", default="build/tiny/data", help="folder of the synthetic splits (written if missing)"
     )
-    parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    parser.add_argument(
+        "--split", default="test", choices=SPLITS, help="`shifted`: the held-out split of other media distributions"
+    )
     parser.add_argument("--n-per-task", type=int, default=50, help="examples per task when the split is written")
     parser.add_argument("--out", default=None, help="output folder (default: build/eval/<FOLDER's name>)")
     parser.add_argument("--batch-size", type=int, default=16)

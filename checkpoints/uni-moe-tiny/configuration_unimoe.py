@@ -1,9 +1,9 @@
 # Copyright 2026 The uni-moe developers. Licensed under the Apache License, Version 2.0.
 """Uni-MoE configuration (arXiv 2405.11273).
 
-This file is uploaded to the Hub next to `modeling_unimoe.py`: it imports only the standard library and transformers.
-The configurations use plain `__init__` methods, which every transformers from 4.57 to the newest 5.x accepts (5.x's
-dataclass configurations still take them).
+This file is uploaded to the Hub next to `modeling_unimoe.py`: it imports only the standard library, transformers and
+its sibling `configuration_beats.py`. The configurations use plain `__init__` methods, which every transformers from
+4.57 to the newest 5.x accepts (5.x's dataclass configurations still take them).
 """
 
 import copy
@@ -12,6 +12,8 @@ from transformers import AutoConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.utils import logging
+
+from .configuration_beats import UniMoEBEATsConfig
 
 
 try:  # transformers 5.x
@@ -23,10 +25,23 @@ except ImportError:  # transformers 4.x
 logger = logging.get_logger(__name__)
 
 MOE_LAYER_PATTERNS = ("all", "even")
-VISION_CONNECTORS = ("mlp2x_gelu",)
-SPEECH_CONNECTORS = ("whisper_decoder",)
-SOUND_CONNECTORS = ("qformer",)
 VIDEO_POOLING = ("mean", "weighted")
+# Each media modality: the config field of its placeholder token id, and the sub-config of the tower that encodes it.
+MODALITIES = {
+    "image": ("image_token_id", "vision_config"),
+    "video": ("video_token_id", "vision_config"),
+    "speech": ("audio_token_id", "speech_config"),
+    "sound": ("sound_token_id", "audio_config"),
+}
+# The transformers Auto classes that load a saved folder through this file and `modeling_unimoe.py` (remote code).
+AUTO_MAP = {
+    "AutoConfig": "configuration_unimoe.UniMoEConfig",
+    "AutoModel": "modeling_unimoe.UniMoEModel",
+    "AutoModelForCausalLM": "modeling_unimoe.UniMoEForCausalLM",
+    "AutoModelForImageTextToText": "modeling_unimoe.UniMoEForCausalLM",
+}
+# config.json keys that no part of the model reads (the connector types, each with a single implementation)
+UNUSED_KEYS = ("vision_connector", "speech_connector", "sound_connector")
 # "default" (every released model) and the scaled types of the installed transformers (linear, dynamic, yarn, ...)
 ROPE_TYPES = ("default", *(name for name in ROPE_INIT_FUNCTIONS if name != "default"))
 # the scaled types that take a `factor`
@@ -216,69 +231,6 @@ class UniMoETextConfig(PreTrainedConfig):
         return sorted(pattern)
 
 
-class UniMoEBEATsConfig(PreTrainedConfig):
-    r"""Configuration of the BEATs audio encoder (iter3+, AS2M) used as Uni-MoE's sound tower."""
-
-    model_type = "unimoe_beats"
-    base_config_key = "audio_config"
-
-    def __init__(
-        self,
-        input_patch_size: int = 16,
-        embed_dim: int = 512,
-        conv_bias: bool = False,
-        encoder_layers: int = 12,
-        encoder_embed_dim: int = 768,
-        encoder_ffn_embed_dim: int = 3072,
-        encoder_attention_heads: int = 12,
-        activation_fn: str = "gelu",
-        layer_norm_first: bool = False,
-        deep_norm: bool = True,
-        conv_pos: int = 128,
-        conv_pos_groups: int = 16,
-        relative_position_embedding: bool = True,
-        num_buckets: int = 320,
-        max_distance: int = 800,
-        gru_rel_pos: bool = True,
-        dropout: float = 0.0,
-        attention_dropout: float = 0.0,
-        activation_dropout: float = 0.0,
-        dropout_input: float = 0.0,
-        layer_norm_eps: float = 1e-5,
-        num_mel_bins: int = 128,
-        fbank_mean: float = 15.41663,
-        fbank_std: float = 6.55582,
-        initializer_range: float = 0.02,
-        **kwargs,
-    ):
-        self.input_patch_size = input_patch_size
-        self.embed_dim = embed_dim
-        self.conv_bias = conv_bias
-        self.encoder_layers = encoder_layers
-        self.encoder_embed_dim = encoder_embed_dim
-        self.encoder_ffn_embed_dim = encoder_ffn_embed_dim
-        self.encoder_attention_heads = encoder_attention_heads
-        self.activation_fn = activation_fn
-        self.layer_norm_first = layer_norm_first
-        self.deep_norm = deep_norm
-        self.conv_pos = conv_pos
-        self.conv_pos_groups = conv_pos_groups
-        self.relative_position_embedding = relative_position_embedding
-        self.num_buckets = num_buckets
-        self.max_distance = max_distance
-        self.gru_rel_pos = gru_rel_pos
-        self.dropout = dropout
-        self.attention_dropout = attention_dropout
-        self.activation_dropout = activation_dropout
-        self.dropout_input = dropout_input
-        self.layer_norm_eps = layer_norm_eps
-        self.num_mel_bins = num_mel_bins
-        self.fbank_mean = fbank_mean
-        self.fbank_std = fbank_std
-        self.initializer_range = initializer_range
-        super().__init__(**kwargs)
-
-
 def _text_config_field(name: str) -> property:
     """A top-level config attribute that reads and writes `text_config.<name>` (as MoE users set them on Mixtral)."""
 
@@ -317,7 +269,7 @@ class UniMoEConfig(PreTrainedConfig):
         audio_chunk_seconds (`int`): length of one audio chunk (speech and sound). The released models use 30 s,
             Whisper's window; the Whisper encoder then has `max_source_positions = 50 * audio_chunk_seconds`. The
             `tiny` preset uses 3 s.
-        vision_connector / speech_connector / sound_connector (`str`): connector types.
+        auto_map (`dict`, *optional*): the Auto classes of the saved folder's remote code (default: `AUTO_MAP`).
     """
 
     model_type = "unimoe"
@@ -355,12 +307,12 @@ class UniMoEConfig(PreTrainedConfig):
         num_sound_query_tokens: int = 50,
         max_sound_chunks: int = 20,
         audio_chunk_seconds: int = 30,
-        vision_connector: str = "mlp2x_gelu",
-        speech_connector: str = "whisper_decoder",
-        sound_connector: str = "qformer",
         tie_word_embeddings: bool = False,
+        auto_map: dict | None = None,
         **kwargs,
     ):
+        for key in UNUSED_KEYS:
+            kwargs.pop(key, None)
         self.text_config = _sub_config(
             "text_config", {} if text_config is None else text_config, None, UniMoETextConfig
         )
@@ -382,34 +334,25 @@ class UniMoEConfig(PreTrainedConfig):
         self.num_sound_query_tokens = num_sound_query_tokens
         self.max_sound_chunks = max_sound_chunks
         self.audio_chunk_seconds = audio_chunk_seconds
-        self.vision_connector = vision_connector
-        self.speech_connector = speech_connector
-        self.sound_connector = sound_connector
+        self.auto_map = dict(AUTO_MAP) if auto_map is None else auto_map
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
         self._validate()
 
     def _validate(self):
-        _check_choice("vision_connector", self.vision_connector, VISION_CONNECTORS)
-        _check_choice("speech_connector", self.speech_connector, SPEECH_CONNECTORS)
-        _check_choice("sound_connector", self.sound_connector, SOUND_CONNECTORS)
         _check_choice("video_pooling", self.video_pooling, VIDEO_POOLING)
         vocab = self.text_config.vocab_size
-        towers = {
-            "image_token_id": self.vision_config,
-            "video_token_id": self.vision_config,
-            "audio_token_id": self.speech_config,
-            "sound_token_id": self.audio_config,
-        }
-        for name, tower in towers.items():
+        for name, tower in MODALITIES.values():
             token_id = getattr(self, name)
-            if tower is not None and token_id is None:
-                raise ValueError(f"`{name}` is required when its tower is configured; got None.")
+            if getattr(self, tower) is not None and token_id is None:
+                raise ValueError(
+                    f"`{name}` is required when its tower is configured (`{tower}` is set); got None. Set it to the "
+                    "id of the placeholder token in the tokenizer."
+                )
             if token_id is not None and not 0 <= token_id < vocab:
                 raise ValueError(f"`{name}` must be a token id in [0, {vocab}) (the text vocabulary), got {token_id}.")
-        ids = [self.image_token_id, self.video_token_id, self.audio_token_id, self.sound_token_id]
-        ids = [i for i in ids if i is not None]
+        ids = list(self.placeholder_token_ids.values())
         if len(set(ids)) != len(ids):
-            raise ValueError(f"Placeholder token ids must be distinct, got {ids}.")
+            raise ValueError(f"Placeholder token ids must be distinct, got {self.placeholder_token_ids}.")
         for name in (
             "num_video_frames",
             "num_speech_query_tokens",
@@ -438,6 +381,13 @@ class UniMoEConfig(PreTrainedConfig):
                 f"`num_speech_query_tokens` ({self.num_speech_query_tokens}) exceeds the Whisper decoder's "
                 f"`max_target_positions` ({self.speech_config.max_target_positions})."
             )
+
+    @property
+    def placeholder_token_ids(self) -> dict[str, int]:
+        """The placeholder token id of each modality that has one, e.g. `{"image": 3, "video": 5, "speech": 4,
+        "sound": 6}`: their embeddings are replaced by media features, and they are never generated."""
+        ids = {modality: getattr(self, name) for modality, (name, _) in MODALITIES.items()}
+        return {modality: token_id for modality, token_id in ids.items() if token_id is not None}
 
     @property
     def image_seq_length(self) -> int | None:
@@ -541,8 +491,8 @@ PRESETS = {
             "hidden_size": 64,
             "intermediate_size": 176,
             "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 4,
+            "num_attention_heads": 2,  # head size 32: vLLM's CPU attention has no kernel for 16
+            "num_key_value_heads": 2,
             "max_position_embeddings": 2048,
             "num_experts": 4,
             "num_experts_per_tok": 2,
@@ -612,5 +562,7 @@ PRESETS = {
     },
 }
 
+
+UniMoEConfig.register_for_auto_class()  # a saved config carries this file (and its siblings) and `auto_map`
 
 __all__ = ["UniMoEConfig", "UniMoETextConfig", "UniMoEBEATsConfig"]

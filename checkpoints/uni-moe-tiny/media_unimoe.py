@@ -1,9 +1,10 @@
 # Copyright 2026 The uni-moe developers. Licensed under the Apache License, Version 2.0.
 """Uni-MoE's media inputs: reading images, videos and audio, bounded before decoding, and the input errors.
 
-A Hub file beside `processing_unimoe.py` (which imports it): it imports only torch, numpy, PIL, transformers and the
-standard library. Decoding audio and video files needs `soundfile` and/or `av` (PyAV), resampling audio that is not at
-16 kHz needs `soxr` (python-soxr); they are imported when needed, with an error naming the package if missing.
+A Hub file beside `processing_unimoe.py` (which imports it): it imports only torch, numpy, PIL, transformers, the
+standard library and `feature_extraction_unimoe.py` (resampling). Decoding audio and video files needs `soundfile`
+and/or `av` (PyAV), resampling audio that is not at 16 kHz needs `soxr` (python-soxr); they are imported when needed,
+with an error naming the package if missing.
 
 Media are bounded before they are decoded: an image file's pixel count (`max_pixels`) and a video's frame count and
 frame size (`max_frames`, `max_pixels`) are read from the file's header, an audio file's duration from its header
@@ -16,7 +17,6 @@ how to fix it; its subclasses tell the cases apart.
 
 import importlib
 import io
-import math
 import os
 import urllib.request
 import warnings
@@ -27,14 +27,14 @@ import torch
 from PIL import Image
 from transformers.utils import logging
 
+from .feature_extraction_unimoe import SAMPLING_RATE, AudioLimit, resample_audio
+
 
 logger = logging.get_logger(__name__)
 
-SAMPLING_RATE = 16_000  # the rate inside the model (Whisper and BEATs features)
 MIN_SAMPLING_RATE, MAX_SAMPLING_RATE = 1_000, 384_000
 MAX_IMAGE_PIXELS = 8192 * 8192  # per image file and per video frame: a 48 MP photo or an 8K frame fits
 MAX_VIDEO_FRAMES = 36_000  # 20 minutes at 30 frames per second
-RESAMPLERS = ("soxr_hq", "windowed_sinc")
 _UNKNOWN_FRAMES = 1 << 62  # libsndfile's frame count of a file whose length it cannot tell
 
 
@@ -74,13 +74,15 @@ class PromptTooLongError(UniMoEProcessingError):
 
 
 # --- reading media ----------------------------------------------------------------------------------------------------
-def _optional_module(name: str, purpose: str):
+def _optional_module(name: str, purpose: str | None = None):
+    """The module `name`; where it is not installed, None, or with a `purpose` an ImportError naming the package."""
     try:
         return importlib.import_module(name)
     except ImportError:
-        pip_name = {"av": "av", "soundfile": "soundfile"}.get(name, name)
+        if purpose is None:
+            return None
         raise ImportError(
-            f"{purpose} needs the `{name}` package, which is not installed. Install it with `pip install {pip_name}`, "
+            f"{purpose} needs the `{name}` package, which is not installed. Install it with `pip install {name}`, "
             "or pass the decoded media (arrays / PIL images) instead of a file."
         ) from None
 
@@ -219,106 +221,6 @@ def load_image(image, what: str = "image", max_pixels: int | None = MAX_IMAGE_PI
 
 
 # --- audio ------------------------------------------------------------------------------------------------------------
-def resampled_length(num_samples: int, orig_sr: int, target_sr: int = SAMPLING_RATE) -> int:
-    """Samples after resampling `num_samples` samples from `orig_sr` to `target_sr` (librosa's length:
-    ceil(num_samples * target_sr / orig_sr))."""
-    if orig_sr == target_sr:
-        return int(num_samples)
-    return int(np.ceil(num_samples * (float(target_sr) / orig_sr)))
-
-
-def resample_audio(
-    waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLING_RATE, method: str = "soxr_hq"
-) -> np.ndarray:
-    """Resampling as the original Uni-MoE's `librosa.load(sr=16000)`: python-soxr at high quality ("HQ", librosa's
-    default `soxr_hq`) on float32 samples, cut or zero-padded to `resampled_length` samples (librosa's `fix_length`).
-    Needs the `soxr` package unless the rates are equal. `method="windowed_sinc"` is the resampler the tiny
-    checkpoint was trained with instead (`windowed_sinc_resample`). Returns float32."""
-    if method not in RESAMPLERS:
-        raise ValueError(f"method must be one of {RESAMPLERS}, got {method!r}.")
-    if method == "windowed_sinc":
-        return windowed_sinc_resample(waveform, orig_sr, target_sr)
-    waveform = np.asarray(waveform, dtype=np.float32)
-    if orig_sr == target_sr or waveform.size == 0:
-        return waveform
-    try:
-        soxr = importlib.import_module("soxr")
-    except ImportError:
-        raise ImportError(
-            f"Resampling audio from {orig_sr} Hz to {target_sr} Hz needs the `soxr` package (python-soxr, the "
-            "resampler librosa uses), which is not installed. Install it with `pip install soxr`, or pass audio "
-            f"sampled at {target_sr} Hz."
-        ) from None
-    out = soxr.resample(np.ascontiguousarray(waveform), orig_sr, target_sr, quality="HQ")
-    length = resampled_length(len(waveform), orig_sr, target_sr)
-    if len(out) < length:
-        out = np.concatenate([out, np.zeros(length - len(out), out.dtype)])
-    return np.ascontiguousarray(out[:length], dtype=np.float32)
-
-
-def windowed_sinc_resample(waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLING_RATE) -> np.ndarray:
-    """Band-limited resampling (Hann-windowed sinc, 6 zero crossings, cutoff 0.99 x the lower Nyquist rate), for any
-    pair of integer rates: the resampler of the tiny checkpoint's training data. Output length is ceil(len * target_sr
-    / orig_sr)."""
-    if orig_sr == target_sr or waveform.size == 0:
-        return waveform.astype(np.float32, copy=False)
-    zero_crossings, rolloff = 6, 0.99
-    x = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float64))
-    beta = rolloff * min(orig_sr, target_sr) / orig_sr  # cutoff in cycles per input sample, times 2
-    half_width = math.ceil(zero_crossings / beta)  # kernel half width in input samples
-    num_out = math.ceil(len(x) * target_sr / orig_sr)
-    taps = torch.arange(-half_width, half_width + 1, dtype=torch.int64).double()  # [taps]
-    windows = torch.nn.functional.pad(x, (half_width, half_width + 1)).unfold(0, len(taps), 1)  # [len + 1, taps]
-    out = torch.empty(num_out, dtype=torch.float64)
-    block = 1 << 15
-    for start in range(0, num_out, block):
-        j = torch.arange(start, min(start + block, num_out), dtype=torch.int64)
-        base = (j * orig_sr) // target_sr  # input sample at or left of each output instant
-        # its offset from that sample: one of at most target_sr values, so the kernel is computed once per offset seen
-        offsets, which = torch.unique((j * orig_sr) % target_sr, return_inverse=True)
-        t = (offsets.double() / target_sr)[:, None] - taps[None, :]  # [offsets, taps]: distance to each input sample
-        kernel = beta * torch.sinc(beta * t) * torch.cos(t * (math.pi * beta / (2 * zero_crossings))).pow(2)
-        kernel = kernel * ((beta * t).abs() <= zero_crossings)
-        out[start : start + len(j)] = (windows[base] * kernel[which]).sum(-1)
-    return out.numpy().astype(np.float32)
-
-
-class AudioLimit:
-    """How much of one audio input is used: at most `max_samples` samples at 16 kHz. A longer input raises
-    `error(what, seconds, at_least)` (an exception, built by the caller: its class and message depend on the audio
-    path; `at_least` where the length was counted while decoding and decoding stopped at the limit), or with
-    `truncate=True` keeps its first `max_samples` samples. Files are checked from their header, before decoding, and
-    only the kept part (plus one second that the resampler's filter reads past the cut) is decoded."""
-
-    def __init__(self, max_samples: int, truncate: bool = False, error=None):
-        if max_samples < 1:
-            raise ValueError(f"max_samples must be >= 1, got {max_samples}.")
-        self.max_samples = int(max_samples)
-        self.truncate = truncate
-        self.error = error
-
-    @property
-    def seconds(self) -> float:
-        return self.max_samples / SAMPLING_RATE
-
-    def too_long(self, num_samples: int, rate: int) -> bool:
-        return resampled_length(num_samples, rate) > self.max_samples
-
-    def frames_to_read(self, rate: int) -> int:
-        """Frames at `rate` that give the kept samples exactly, with the resampler's look-ahead."""
-        if rate == SAMPLING_RATE:
-            return self.max_samples
-        return math.ceil(self.max_samples * rate / SAMPLING_RATE) + int(rate)
-
-    def refuse(self, seconds: float, what: str, at_least: bool = False):
-        if self.error is not None:
-            return self.error(what, seconds, at_least)
-        return MediaTooLargeError(
-            f"{what} lasts {'more than ' if at_least else ''}{seconds:.1f} s; at most {self.seconds:g} s are taken. "
-            f"Cut it to {self.seconds:g} s."
-        )
-
-
 def _mono(block: np.ndarray) -> np.ndarray:
     """[samples, channels] float32 -> [samples], the channels averaged (librosa's `to_mono`)."""
     if block.shape[1] == 1:
@@ -330,11 +232,7 @@ def _decode_audio_file(source, what: str, limit: AudioLimit | None = None) -> tu
     """Mono float32 samples (channels averaged) and the sampling rate, with soundfile (wav, flac, ogg, mp3) or else
     PyAV. With a `limit`, the duration in the file's header is checked before any sample is decoded, and at most the
     frames the limit keeps (plus one, to tell a longer file) are decoded."""
-    errors = []
-    try:
-        soundfile = importlib.import_module("soundfile")
-    except ImportError:
-        soundfile = None
+    errors, soundfile = [], _optional_module("soundfile")
     if soundfile is not None:
         try:
             _rewind(source)
@@ -349,10 +247,7 @@ def _decode_audio_file(source, what: str, limit: AudioLimit | None = None) -> tu
                 raise
             except Exception as error:  # readable header, unreadable data: PyAV may still decode it
                 errors.append(f"soundfile: {error}")
-    try:
-        av = importlib.import_module("av")
-    except ImportError:
-        av = None
+    av = _optional_module("av")
     if av is not None:
         try:
             _rewind(source)
@@ -381,11 +276,7 @@ def _check_file_rate(rate, what: str) -> int:
 def _read_with_soundfile(opened, what: str, limit: AudioLimit | None) -> tuple[np.ndarray, int]:
     rate = _check_file_rate(opened.samplerate, what)
     frames = opened.frames if 0 <= opened.frames < _UNKNOWN_FRAMES else None
-    cap = None
-    if limit is not None:
-        if frames is not None and limit.too_long(frames, rate) and not limit.truncate:
-            raise limit.refuse(frames / rate, what)
-        cap = limit.frames_to_read(rate) + 1
+    cap = None if limit is None else limit.frames_to_decode(frames, rate, what)
     block = 1 << 20  # frames per read: the channels are averaged block by block
     pieces, count = [], 0
     while cap is None or count < cap:
@@ -422,11 +313,7 @@ def _decode_audio_with_av(av, source, what: str, limit: AudioLimit | None) -> tu
         elif container.duration is not None:
             seconds = container.duration / 1_000_000  # AV_TIME_BASE
         frames = None if seconds is None else int(round(seconds * rate))
-        cap = None
-        if limit is not None:
-            if frames is not None and limit.too_long(frames, rate) and not limit.truncate:
-                raise limit.refuse(seconds, what)
-            cap = limit.frames_to_read(rate) + 1
+        cap = None if limit is None else limit.frames_to_decode(frames, rate, what, seconds)
         converter = av.AudioResampler(format="fltp")  # planar float32, native layout and rate
         pieces, count = [], 0
 
@@ -448,13 +335,8 @@ def _decode_audio_with_av(av, source, what: str, limit: AudioLimit | None) -> tu
     return _finish_decoded(pieces, int(rate), frames, what, limit)
 
 
-def load_audio(
-    audio,
-    sampling_rate: int | None = None,
-    what: str = "audio",
-    limit: AudioLimit | None = None,
-    resampler: str = "soxr_hq",
-) -> np.ndarray:
+def load_audio(audio, sampling_rate: int | None = None, what: str = "audio", limit: AudioLimit | None = None,
+               resampler: str = "soxr_hq") -> np.ndarray:  # fmt: skip
     """A mono float32 waveform at 16 kHz from a 1-D array / tensor / list (at `sampling_rate`, 16 kHz if None), a
     2-D [channels, samples] or [samples, channels] array (averaged to mono), a `{"array", "sampling_rate"}` dict, a
     file path, URL or bytes (decoded at the file's rate). Integer PCM is scaled to [-1, 1). Resampled with
@@ -468,9 +350,8 @@ def load_audio(
             return load_audio(source, audio.get("sampling_rate", sampling_rate), what, limit, resampler)
         audio, sampling_rate = array, audio.get("sampling_rate", sampling_rate)
     if is_path_like(audio) or isinstance(audio, (bytes, bytearray)):
-        array, sampling_rate = _decode_audio_file(
-            _open_source(audio, what), f"{what} ({describe_source(audio)})", limit
-        )
+        name = f"{what} ({describe_source(audio)})"
+        array, sampling_rate = _decode_audio_file(_open_source(audio, what), name, limit)
     elif isinstance(audio, (np.ndarray, torch.Tensor, list, tuple)):
         if isinstance(audio, torch.Tensor):
             audio = audio.detach().cpu().float().numpy()
@@ -641,30 +522,57 @@ def load_video(video, num_frames: int, short_video: str = "error", what: str = "
     if isinstance(video, dict):
         video = video.get("path") or video.get("bytes") or video.get("url") or video.get("video")
     if is_path_like(video) or isinstance(video, (bytes, bytearray)):
-        return _decode_video_file(
-            _open_source(video, what),
-            num_frames,
-            short_video,
-            f"{what} ({describe_source(video)})",
-            max_frames,
-            max_pixels,
+        name = f"{what} ({describe_source(video)})"
+        return _decode_video_file(_open_source(video, what), num_frames, short_video, name, max_frames, max_pixels)
+    if isinstance(video, (np.ndarray, torch.Tensor)) and video.ndim != 4:
+        raise MediaDecodeError(
+            f"{what} is an array of shape {tuple(video.shape)}; expected 4-D frames [frames, height, width, "
+            "channels] (or [frames, channels, height, width]), a list of frames or a video file."
         )
-    if isinstance(video, (np.ndarray, torch.Tensor)):
-        if video.ndim != 4:
-            raise MediaDecodeError(
-                f"{what} is an array of shape {tuple(video.shape)}; expected 4-D frames [frames, height, width, "
-                "channels] (or [frames, channels, height, width]), a list of frames or a video file."
-            )
-        frames = list(video)
-    elif isinstance(video, (list, tuple)):
-        frames = list(video)
-    else:
+    if not isinstance(video, (np.ndarray, torch.Tensor, list, tuple)):
         raise MediaDecodeError(
             f"{what} is a {type(video).__name__}; expected a video file path / URL, a list of frames or a 4-D array."
         )
+    frames = list(video)
     indices = _short_video_indices(len(frames), num_frames, short_video, what)
     loaded = {i: load_image(frames[i], f"frame {i} of {what}", max_pixels) for i in sorted(set(indices))}
     return [loaded[i] for i in indices]
+
+
+# --- the processor's media arguments ---------------------------------------------------------------------------
+def _is_single(kind: str, value) -> bool:
+    """Whether `value` is one media item of `kind` (rather than a list of items)."""
+    if is_path_like(value) or isinstance(value, (bytes, bytearray, dict, Image.Image)):
+        return True
+    if isinstance(value, (np.ndarray, torch.Tensor)):  # a batch only with one more dim than an item
+        return value.ndim != {"image": 4, "video": 5}.get(kind, -1)
+    if isinstance(value, (list, tuple)) and value and kind == "video":  # a video given as its frames
+        return all(
+            isinstance(frame, Image.Image) or (isinstance(frame, (np.ndarray, torch.Tensor)) and frame.ndim in (2, 3))
+            for frame in value
+        )
+    if isinstance(value, (list, tuple)) and value and kind in ("audio", "sound"):  # a waveform as a list of numbers
+        return all(isinstance(sample, (int, float, np.number)) for sample in value)
+    return False
+
+
+def media_items(kind: str, value, num_texts: int) -> tuple[list, list[int] | None]:
+    """The items of one media argument as a flat list, plus the per-sample counts when it was given nested (one list
+    per text)."""
+    if value is None:
+        return [], None
+    if _is_single(kind, value) or not isinstance(value, (list, tuple, np.ndarray, torch.Tensor)):
+        return [value], None  # what is not an item is rejected with a precise message when it is read
+    items = list(value)
+    nested = (
+        isinstance(value, (list, tuple))
+        and len(items) == num_texts
+        and all(isinstance(item, (list, tuple)) and not _is_single(kind, item) for item in items)
+        and any(len(item) for item in items)
+    )
+    if nested:
+        return [media for sample in items for media in sample], [len(sample) for sample in items]
+    return items, None
 
 
 __all__ = [
@@ -680,8 +588,6 @@ __all__ = [
     "load_audio",
     "load_image",
     "load_video",
-    "resample_audio",
-    "resampled_length",
+    "media_items",
     "sample_frame_indices",
-    "windowed_sinc_resample",
 ]

@@ -2,18 +2,18 @@
 """Uni-MoE (arXiv 2405.11273): a LLaMA decoder with routed experts and image, video, speech and sound towers.
 
 This file is uploaded to the Hub and loaded with `trust_remote_code=True`: it imports only torch, transformers, the
-standard library and its sibling `configuration_unimoe.py`. It reads in dependency order: LLaMA building blocks,
-the sparse MoE block, the decoder layer, the BEATs sound encoder, the connectors, the pretrained-model base, the text
-model, the auxiliary losses, the multimodal model and the causal LM head.
+standard library and its siblings `configuration_unimoe.py` and `modeling_beats.py` (the BEATs sound tower). It reads
+in dependency order: LLaMA building blocks, the router and the sparse MoE block, the decoder layer, the connectors and
+the video pooler, the pretrained-model base, the text model, the auxiliary losses, the multimodal model and the causal
+LM head.
 """
 
 import copy
+import functools
 import importlib.util
 import inspect
 import logging as std_logging
 import math
-import os
-import shutil
 from dataclasses import dataclass
 
 import torch
@@ -30,9 +30,14 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel
 from transformers.models.clip.modeling_clip import CLIPVisionModel
 from transformers.models.whisper.modeling_whisper import WhisperDecoder, WhisperEncoder
-from transformers.utils import cached_file, logging
+from transformers.utils import can_return_tuple, logging
 
-from .configuration_unimoe import UniMoEConfig, UniMoETextConfig
+from .configuration_unimoe import MODALITIES, UniMoEConfig, UniMoETextConfig
+from .modeling_beats import (
+    UniMoEBEATsModel,
+    UniMoEBEATsMultiheadAttention,
+    UniMoEBEATsPositionalConv,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -53,6 +58,21 @@ except ImportError:  # 4.x: torch's own (4.x only initialises the weights a chec
         @torch.no_grad()
         def copy_(tensor, other):
             return tensor.copy_(other)
+
+
+# Output recording (`_can_record_outputs`): transformers 5.x splits it into `merge_with_config_defaults` (use_cache
+# from the config) and `capture_outputs` (hooks that collect the recorded outputs); 4.57 - 5.0 have one decorator,
+# `check_model_inputs`, doing both.
+try:
+    from transformers.utils.generic import merge_with_config_defaults
+    from transformers.utils.output_capturing import OutputRecorder, capture_outputs
+
+    def record_outputs(forward):
+        return merge_with_config_defaults(capture_outputs(forward))
+
+except ImportError:
+    from transformers.utils.generic import OutputRecorder
+    from transformers.utils.generic import check_model_inputs as record_outputs
 
 
 # transformers 5.x matches `_keep_in_fp32_modules` entries as regular expressions over module names; 4.x wants bare
@@ -94,33 +114,10 @@ def _cache_position(cache, num_tokens: int, device) -> torch.Tensor:
     return torch.arange(num_tokens, device=device) + past_seen_tokens
 
 
-def _select_hidden_states(hidden_states: tuple | None, output_hidden_states) -> tuple | None:
-    """All hidden states (`output_hidden_states=True`), or those of the listed layer indices (a list of ints) with None
-    in the other places."""
-    if hidden_states is None or isinstance(output_hidden_states, bool):
-        return hidden_states
-    wanted = {i % len(hidden_states) for i in output_hidden_states}
-    return tuple(state if i in wanted else None for i, state in enumerate(hidden_states))
-
-
-# The transformers Auto classes a saved folder maps to this file (written into config.json on save).
-AUTO_MAP = {
-    "AutoConfig": "configuration_unimoe.UniMoEConfig",
-    "AutoModel": "modeling_unimoe.UniMoEForCausalLM",
-    "AutoModelForCausalLM": "modeling_unimoe.UniMoEForCausalLM",
-    "AutoModelForImageTextToText": "modeling_unimoe.UniMoEForCausalLM",
-}
 # Each tower's name prefix (`vision_tower`, ...) and the config field that builds it.
 TOWER_CONFIGS = {"vision": "vision_config", "speech": "speech_config", "sound": "audio_config"}
-# Media inputs that only the prefill step consumes.
-MEDIA_INPUTS = (
-    "pixel_values",
-    "pixel_values_videos",
-    "input_features",
-    "sound_features",
-    "sound_features_mask",
-    "mm_encoder_outputs",
-)
+# The media inputs of the processor (and the training collator); generate() passes them to the prefill step only.
+MEDIA_INPUTS = ("pixel_values", "pixel_values_videos", "input_features", "sound_features", "sound_features_mask")
 
 
 @dataclass
@@ -328,27 +325,22 @@ class UniMoEMLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
-class UniMoESparseMoeBlock(nn.Module):
-    """Top-k routed SwiGLU experts (no shared expert).
-
-    Router: `gate` (Linear hidden -> num_experts, no bias), top-k on the logits, softmax over the k selected logits (the
-    same as softmax over all experts renormalised to the top-k), deterministic. Experts are separate `nn.Linear`
-    modules (`experts.{e}.{gate,up,down}_proj`, the released key layout), so bitsandbytes quantizes them and PEFT LoRA
-    targets them by name. Dispatch: one stable sort groups the `tokens * k` assignments by expert, each expert runs
-    once on its contiguous slice, one `index_add_` scatters the weighted outputs back.
-    """
+class UniMoETopKRouter(nn.Module):
+    """Router: logits `hidden @ weight.T` (no bias; `mlp.gate.weight` in the released models), top-k on the logits,
+    softmax over the k selected logits (the same as softmax over all experts renormalised to the top-k), deterministic.
+    With `capacity_factor` set, assignments over an expert's capacity are dropped (GShard)."""
 
     def __init__(self, config: UniMoETextConfig):
         super().__init__()
         self.num_experts = config.num_experts
         self.top_k = config.num_experts_per_tok
         self.capacity_factor = config.capacity_factor
-        self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)
-        self.experts = nn.ModuleList([UniMoEMLP(config) for _ in range(config.num_experts)])
+        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # as nn.Linear, for a router built on its own
 
-    def route(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """[tokens, hidden] -> router logits [tokens, E], routing weights [tokens, k], selected experts [tokens, k]."""
-        router_logits = self.gate(hidden_states.to(self.gate.weight.dtype))  # the router may be kept in fp32
+        router_logits = F.linear(hidden_states.to(self.weight.dtype), self.weight)  # the router may be kept in fp32
         top_logits, selected_experts = torch.topk(router_logits.float(), self.top_k, dim=-1)
         routing_weights = top_logits.softmax(dim=-1)
         if self.capacity_factor is not None:
@@ -366,15 +358,32 @@ class UniMoESparseMoeBlock(nn.Module):
         routing_weights = routing_weights * keep
         return routing_weights / routing_weights.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).eps)
 
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+
+class UniMoESparseMoeBlock(nn.Module):
+    """Top-k routed SwiGLU experts (no shared expert), routed by a [`UniMoETopKRouter`] (`gate`).
+
+    Experts are separate `nn.Linear` modules (`experts.{e}.{gate,up,down}_proj`, the released key layout), so
+    bitsandbytes quantizes them and PEFT LoRA targets them by name. Dispatch: one stable sort groups the `tokens * k`
+    assignments by expert, each expert runs once on its contiguous slice, one `index_add_` scatters the weighted
+    outputs back.
+    """
+
+    def __init__(self, config: UniMoETextConfig):
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.top_k = config.num_experts_per_tok
+        self.gate = UniMoETopKRouter(config)
+        self.experts = nn.ModuleList([UniMoEMLP(config) for _ in range(config.num_experts)])
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         batch_size, seq_len, hidden_size = hidden_states.shape
         hidden_states = hidden_states.reshape(-1, hidden_size)  # [tokens, hidden]
-        router_logits, routing_weights, selected_experts = self.route(hidden_states)
+        _, routing_weights, selected_experts = self.gate(hidden_states)
         if torch.compiler.is_compiling():
             output = self._dense_dispatch(hidden_states, routing_weights, selected_experts)
         else:
             output = self._sparse_dispatch(hidden_states, routing_weights, selected_experts)
-        return output.view(batch_size, seq_len, hidden_size), router_logits
+        return output.view(batch_size, seq_len, hidden_size)
 
     def _sparse_dispatch(self, hidden_states, routing_weights, selected_experts) -> torch.Tensor:
         """Each expert runs once on the tokens routed to it; reads the per-expert token counts on the host."""
@@ -423,10 +432,10 @@ class UniMoEDecoderLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
         **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    ) -> torch.Tensor:
         residual = hidden_states
         hidden_states = self.input_layernorm(hidden_states)
-        hidden_states, attn_weights = self.self_attn(
+        hidden_states, _ = self.self_attn(
             hidden_states=hidden_states,
             position_embeddings=position_embeddings,
             attention_mask=attention_mask,
@@ -437,270 +446,20 @@ class UniMoEDecoderLayer(GradientCheckpointingLayer):
 
         residual = hidden_states
         hidden_states = self.post_attention_layernorm(hidden_states)
-        router_logits = None
-        if self.is_moe:
-            hidden_states, router_logits = self.mlp(hidden_states)
-        else:
-            hidden_states = self.mlp(hidden_states)
-        hidden_states = residual + hidden_states
-        return hidden_states, router_logits, attn_weights
+        hidden_states = self.mlp(hidden_states)
+        return residual + hidden_states
 
 
-# --- BEATs ---------------------------------------------------------------------------------------------------------
-# BEATs (iter3+ AS2M), Uni-MoE's sound tower; not in transformers. Parameter names equal the original checkpoint's
-# `model` state-dict keys, except that the original lists the relative position embedding (shared by all layers) under
-# every layer: only layer 0's copy is kept here, the converter drops the others.
-
-
-def beats_relative_position_bucket(relative_positions: torch.Tensor, num_buckets: int, max_distance: int):
-    """Bidirectional T5-style bucket of `key_pos - query_pos`: half the buckets for positive offsets; in each half,
-    offsets below half of it map exactly, larger ones logarithmically up to `max_distance` (then clamped)."""
-    num_buckets = num_buckets // 2
-    buckets = (relative_positions > 0).long() * num_buckets
-    distance = relative_positions.abs()
-    max_exact = num_buckets // 2
-    # float32 as in the original (the bucket boundaries depend on this rounding); clamp(min=1) only avoids log(0)
-    # for entries that the `where` below discards anyway
-    log_ratio = torch.log(distance.clamp(min=1).float() / max_exact) / math.log(max_distance / max_exact)
-    large = max_exact + (log_ratio * (num_buckets - max_exact)).long()  # .long() truncates, values are >= 0
-    large = large.clamp(max=num_buckets - 1)
-    return buckets + torch.where(distance < max_exact, distance, large)
-
-
-def beats_downsample_padding_mask(padding_mask: torch.Tensor, length: int) -> torch.Tensor:
-    """The original's `forward_padding_mask`: drop the trailing `size % length` entries, group the rest into `length`
-    consecutive runs, a run is padding only if all of it is. Note it groups in plain frame order although the tokens
-    are (time patch, mel patch) time-major, so token j is judged by frames [r*j, r*j + r) with r = frames // tokens
-    (2 for 128 mel bins): these frames lie inside token j's time patch, but the mel patches of one time patch can get
-    different mask values when padding starts inside that patch."""
-    extra = padding_mask.shape[1] % length
-    if extra > 0:
-        padding_mask = padding_mask[:, :-extra]
-    return padding_mask.reshape(padding_mask.shape[0], length, -1).all(-1)  # [batch, length, run] -> [batch, length]
-
-
-def _beats_activation(name: str):
-    if name == "gelu":  # fairseq's gelu: exact (erf) GELU computed in float32
-        return lambda x: F.gelu(x.float()).type_as(x)
-    if name == "relu":
-        return F.relu
-    raise ValueError(f"BEATs activation_fn {name!r} is not supported (the released checkpoint uses 'gelu')")
-
-
-class UniMoEBEATsPositionalConv(nn.Conv1d):
-    """Grouped Conv1d with torch's weight norm over dim 2 (one norm per kernel tap), same-padding trim, then GELU.
-    Its parameters are `parametrizations.weight.original0` (g, [1, 1, kernel]), `parametrizations.weight.original1`
-    (v, [C, C / groups, kernel]) and `bias`; every transformers release renames the original checkpoint's
-    `weight_g` / `weight_v` to these at load."""
-
-    def __init__(self, config):
-        channels, kernel_size = config.encoder_embed_dim, config.conv_pos
-        super().__init__(
-            channels, channels, kernel_size=kernel_size, padding=kernel_size // 2, groups=config.conv_pos_groups
-        )
-        nn.init.normal_(self.weight, std=self.init_std)
-        nn.init.zeros_(self.bias)
-        nn.utils.parametrizations.weight_norm(self, name="weight", dim=2)
-
-    @property
-    def init_std(self) -> float:
-        return math.sqrt(4.0 / (self.kernel_size[0] * self.in_channels))
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # [batch, C, tokens]
-        hidden_states = super().forward(hidden_states)  # [batch, C, tokens + 1] for an even kernel
-        # SamePad: an even kernel with padding k // 2 yields one extra step at the end
-        if self.kernel_size[0] % 2 == 0:
-            hidden_states = hidden_states[:, :, :-1]
-        return F.gelu(hidden_states)
-
-
-class UniMoEBEATsMultiheadAttention(nn.Module):
-    """Self-attention with the shared T5-style relative position bias, gated per query (gru_rel_pos), and the
-    original's "alpha" trick: logits are computed on q / alpha, shifted by their row max, and scaled back by alpha."""
-
-    alpha = 32  # hard-coded in the original
-
-    def __init__(self, config, has_relative_attention_bias: bool):
-        super().__init__()
-        self.embed_dim = config.encoder_embed_dim
-        self.num_heads = config.encoder_attention_heads
-        self.head_dim = self.embed_dim // self.num_heads
-        self.scaling = self.head_dim**-0.5
-        self.num_buckets = config.num_buckets
-        self.max_distance = config.max_distance
-        # registration order follows the original (k, v, q, out); k_proj has a bias (rescale_init is False)
-        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
-        self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
-        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
-        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
-        self.dropout = nn.Dropout(config.attention_dropout)
-        self.relative_attention_bias = (
-            nn.Embedding(self.num_buckets, self.num_heads) if has_relative_attention_bias else None
-        )
-        self.gru_rel_pos = config.gru_rel_pos
-        self.grep_linear = nn.Linear(self.head_dim, 8) if self.gru_rel_pos else None
-        self.grep_a = nn.Parameter(torch.ones(1, self.num_heads, 1, 1)) if self.gru_rel_pos else None
-
-    def compute_bias(self, length: int) -> torch.Tensor:
-        positions = torch.arange(length, device=self.relative_attention_bias.weight.device)
-        relative = positions[None, :] - positions[:, None]  # [query, key]: key_pos - query_pos
-        buckets = beats_relative_position_bucket(relative, self.num_buckets, self.max_distance)
-        bias = self.relative_attention_bias(buckets)  # [query, key, heads]
-        return bias.permute(2, 0, 1).unsqueeze(0)  # [1, heads, query, key]
-
-    def forward(self, hidden_states, key_padding_mask=None, position_bias=None):
-        batch, length, _ = hidden_states.shape
-        if position_bias is None and self.relative_attention_bias is not None:
-            position_bias = self.compute_bias(length)
-
-        def split_heads(x):  # [batch, tokens, C] -> [batch, heads, tokens, head_dim]
-            return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-
-        query = split_heads(self.q_proj(hidden_states))
-        key = split_heads(self.k_proj(hidden_states))
-        value = split_heads(self.v_proj(hidden_states))
-
-        scores = torch.matmul(query * self.scaling * (1.0 / self.alpha), key.transpose(-1, -2))  # [b, h, q, k]
-        scores = (scores - scores.amax(dim=-1, keepdim=True)) * self.alpha
-        if key_padding_mask is not None:  # [batch, tokens], True = padding
-            scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-
-        if position_bias is not None:
-            rel_bias = position_bias
-            if self.gru_rel_pos:
-                # the original feeds q * scaling / alpha * alpha / scaling, i.e. the unscaled query (bit-exact for
-                # head_dim 64 where scaling and alpha are powers of two; last-ulp differences otherwise)
-                gates = self.grep_linear(query)  # [batch, heads, tokens, 8]
-                gates = torch.sigmoid(gates.view(batch, self.num_heads, length, 2, 4).sum(-1))  # [b, h, t, 2]
-                gate_a, gate_b = gates.chunk(2, dim=-1)  # [batch, heads, tokens, 1] each
-                rel_bias = (gate_a * (gate_b * self.grep_a - 1.0) + 2.0) * position_bias  # [b, h, q, k]
-            scores = scores + rel_bias
-
-        probs = self.dropout(F.softmax(scores, dim=-1))
-        attn = torch.matmul(probs, value)  # [batch, heads, tokens, head_dim]
-        attn = attn.transpose(1, 2).reshape(batch, length, self.embed_dim)  # [batch, tokens, C]
-        # the ungated bias is handed on: every layer gates the same shared bias with its own grep_* parameters
-        return self.out_proj(attn), position_bias
-
-
-class UniMoEBEATsEncoderLayer(nn.Module):
-    def __init__(self, config, has_relative_attention_bias: bool):
-        super().__init__()
-        dim = config.encoder_embed_dim
-        self.self_attn = UniMoEBEATsMultiheadAttention(config, has_relative_attention_bias)
-        self.self_attn_layer_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.fc1 = nn.Linear(dim, config.encoder_ffn_embed_dim)
-        self.fc2 = nn.Linear(config.encoder_ffn_embed_dim, dim)
-        self.final_layer_norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.activation_fn = _beats_activation(config.activation_fn)
-        self.dropout = nn.Dropout(config.dropout)
-        self.activation_dropout = nn.Dropout(config.activation_dropout)
-        self.layer_norm_first = config.layer_norm_first
-        # DeepNorm: post-LN residual branch scaled by (2 N)^(1/4); the original asserts not (deep_norm and pre-LN)
-        self.deep_norm_alpha = math.pow(2 * config.encoder_layers, 0.25) if config.deep_norm else 1.0
-
-    def _ffn(self, x):
-        return self.dropout(self.fc2(self.activation_dropout(self.activation_fn(self.fc1(x)))))
-
-    def forward(self, hidden_states, padding_mask=None, position_bias=None):
-        if self.layer_norm_first:  # pre-LN (no DeepNorm scaling on this path)
-            attn, position_bias = self.self_attn(self.self_attn_layer_norm(hidden_states), padding_mask, position_bias)
-            hidden_states = hidden_states + self.dropout(attn)
-            hidden_states = hidden_states + self._ffn(self.final_layer_norm(hidden_states))
-        else:  # post-LN, the released checkpoint
-            attn, position_bias = self.self_attn(hidden_states, padding_mask, position_bias)
-            hidden_states = self.self_attn_layer_norm(hidden_states * self.deep_norm_alpha + self.dropout(attn))
-            hidden_states = self.final_layer_norm(hidden_states * self.deep_norm_alpha + self._ffn(hidden_states))
-        return hidden_states, position_bias
-
-
-class UniMoEBEATsEncoder(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        # a one-element list keeps the original key prefix `encoder.pos_conv.0.`
-        # (the original is nn.Sequential(weight-normed conv, SamePad, GELU); the last two have no parameters)
-        self.pos_conv = nn.ModuleList([UniMoEBEATsPositionalConv(config)])
-        self.layers = nn.ModuleList(
-            [
-                UniMoEBEATsEncoderLayer(
-                    config, has_relative_attention_bias=config.relative_position_embedding and i == 0
-                )
-                for i in range(config.encoder_layers)
-            ]
-        )
-        self.layer_norm = nn.LayerNorm(config.encoder_embed_dim, eps=config.layer_norm_eps)
-        self.layer_norm_first = config.layer_norm_first
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, hidden_states, padding_mask=None):  # [batch, tokens, C]
-        if padding_mask is not None:  # padded tokens are zeroed before the positional conv (and for the residual)
-            hidden_states = hidden_states.masked_fill(padding_mask.unsqueeze(-1), 0.0)
-        positional = self.pos_conv[0](hidden_states.transpose(1, 2))  # [batch, C, tokens]
-        hidden_states = hidden_states + positional.transpose(1, 2)  # [batch, tokens, C]
-        if not self.layer_norm_first:
-            hidden_states = self.layer_norm(hidden_states)
-        hidden_states = self.dropout(hidden_states)
-        position_bias = None
-        for layer in self.layers:
-            hidden_states, position_bias = layer(hidden_states, padding_mask, position_bias)
-        if self.layer_norm_first:
-            hidden_states = self.layer_norm(hidden_states)
-        return hidden_states
-
-
-class UniMoEBEATsModel(nn.Module):
-    """BEATs encoder: 16x16 patches of the normalised fbank -> LayerNorm -> Linear -> conv positions -> Transformer.
-
-    forward(fbank [batch, frames, mel] un-normalised kaldi fbank, padding_mask [batch, frames] bool, True = padded)
-    -> (hidden_states [batch, (frames // 16) * (mel // 16), encoder_embed_dim], token padding mask or None).
-    Tokens are time-major: token index = time_patch * (mel // 16) + mel_patch.
-    """
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.fbank_mean = config.fbank_mean
-        self.fbank_std = config.fbank_std
-        self.patch_embedding = nn.Conv2d(
-            1,
-            config.embed_dim,
-            kernel_size=config.input_patch_size,
-            stride=config.input_patch_size,
-            bias=config.conv_bias,
-        )
-        self.layer_norm = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
-        # as in the original: no projection (and no keys) when the patch and encoder widths are equal
-        self.post_extract_proj = (
-            nn.Linear(config.embed_dim, config.encoder_embed_dim)
-            if config.embed_dim != config.encoder_embed_dim
-            else None
-        )
-        self.dropout_input = nn.Dropout(config.dropout_input)
-        self.encoder = UniMoEBEATsEncoder(config)
-
-    def forward(self, fbank: torch.Tensor, padding_mask: torch.Tensor | None = None):
-        fbank = (fbank - self.fbank_mean) / (2 * self.fbank_std)  # the original's preprocess normalisation
-        if padding_mask is not None:
-            # the original's waveform-sample -> frame step; the identity for a frame-level mask
-            padding_mask = beats_downsample_padding_mask(padding_mask.bool(), fbank.shape[1])
-
-        features = self.patch_embedding(fbank.unsqueeze(1))  # [batch, 1, frames, mel] -> [batch, E, T', M']
-        features = features.reshape(features.shape[0], features.shape[1], -1)  # [batch, E, T' * M'], time-major
-        features = self.layer_norm(features.transpose(1, 2))  # [batch, tokens, E]
-
-        if padding_mask is not None:
-            padding_mask = beats_downsample_padding_mask(padding_mask, features.shape[1])  # [batch, tokens]
-        if self.post_extract_proj is not None:
-            features = self.post_extract_proj(features)  # [batch, tokens, C]
-        hidden_states = self.encoder(self.dropout_input(features), padding_mask)
-        return hidden_states, padding_mask
+# --- connectors ------------------------------------------------------------------------------------------------------
 
 
 class UniMoEMultiModalProjector(nn.Module):
     """`mlp2x_gelu`: Linear(vision hidden -> LLM hidden), GELU, Linear(LLM hidden -> LLM hidden).
 
-    With `config.video_pooling="weighted"` it also holds the learned per-frame, per-channel weights that pool a
-    video's projected frames (not in the released models)."""
+    `frame_weights` [num_video_frames, LLM hidden] are the learned per-frame, per-channel weights that
+    [`UniMoEVideoPooler`] pools a video's projected frames with when `config.video_pooling="weighted"` (not in the
+    released models); None otherwise. They are kept here, next to the projection, as in the saved checkpoints
+    (`vision_projector.frame_weights`)."""
 
     def __init__(self, config: UniMoEConfig):
         super().__init__()
@@ -708,11 +467,37 @@ class UniMoEMultiModalProjector(nn.Module):
         self.linear_1 = nn.Linear(config.vision_config.hidden_size, hidden_size)
         self.act = ACT2FN[config.projector_hidden_act]
         self.linear_2 = nn.Linear(hidden_size, hidden_size)
+        frame_weights = None
         if config.video_pooling == "weighted":
-            self.frame_weights = nn.Parameter(torch.zeros(config.num_video_frames, hidden_size))
+            frame_weights = nn.Parameter(torch.zeros(config.num_video_frames, hidden_size))
+        self.register_parameter("frame_weights", frame_weights)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear_2(self.act(self.linear_1(features)))
+
+
+class UniMoEVideoPooler(nn.Module):
+    """Pools a video's projected frames into the tokens of one image: the mean over frames
+    (`config.video_pooling="mean"`, the released models), or a weighted sum with learned per-frame, per-channel weights
+    (`"weighted"`), which can tell the frames' order."""
+
+    def __init__(self, config: UniMoEConfig):
+        super().__init__()
+        self.weighted = config.video_pooling == "weighted"
+        self.num_frames = config.num_video_frames
+
+    def forward(self, features: torch.Tensor, frame_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """[videos, frames, patches, hidden] (and for weighted pooling `frame_weights` [frames, hidden]) -> [videos,
+        patches, hidden]."""
+        if not self.weighted:
+            return features.mean(dim=1)
+        if features.shape[1] != self.num_frames:
+            raise ValueError(
+                f"`pixel_values_videos` has {features.shape[1]} frames per video, but this model learned its frame "
+                f"weights for exactly {self.num_frames} (`config.num_video_frames`). Sample {self.num_frames} frames "
+                "per video (the processor does)."
+            )
+        return (features * frame_weights[None, :, None, :].to(features.dtype)).sum(dim=1)
 
 
 class UniMoESpeechConnector(nn.Module):
@@ -798,28 +583,6 @@ def _fp32_module_patterns(towers, routers: bool) -> list[str] | None:
     return patterns
 
 
-def _custom_pipeline_files(config) -> list[str]:
-    """The code files (`module.py`) the config's `custom_pipelines` entries name in their `impl`."""
-    pipelines = getattr(config, "custom_pipelines", None) or {}
-    return sorted({entry["impl"].rsplit(".", 1)[0] + ".py" for entry in pipelines.values() if "impl" in entry})
-
-
-def _find_code_file(filename: str, name_or_path: str) -> str | None:
-    """`filename` beside this file, else in the local folder or Hub repository (cached) the model came from."""
-    sibling = os.path.join(os.path.dirname(os.path.abspath(__file__)), filename)
-    if os.path.isfile(sibling):
-        return sibling
-    if not name_or_path:
-        return None
-    if os.path.isdir(name_or_path):
-        candidate = os.path.join(name_or_path, filename)
-        return candidate if os.path.isfile(candidate) else None
-    try:
-        return cached_file(name_or_path, filename, _raise_exceptions_for_missing_entries=False)
-    except OSError:  # offline, or the repository is gone
-        return None
-
-
 class UniMoEPreTrainedModel(PreTrainedModel):
     config: UniMoEConfig
     config_class = UniMoEConfig
@@ -835,9 +598,9 @@ class UniMoEPreTrainedModel(PreTrainedModel):
     ]
     _skip_keys_device_placement = ["past_key_values"]
     # Never quantized (bitsandbytes & co. skip these; lm_head is skipped by transformers' default) and upcast to fp32
-    # under a float16 load only: the routers (bitsandbytes' CPU kernels also need out_features divisible by their block
-    # size, which a 4- or 8-expert router is not), and the towers and connectors (small next to the experts). Patterns
-    # match from the start of a module name, with or without the `model.` prefix of UniMoEForCausalLM.
+    # under a float16 load only: the towers and connectors (small next to the experts) and the routers (whose plain
+    # weight parameter no quantizer converts anyway). Patterns match from the start of a module name, with or without
+    # the `model.` prefix of UniMoEForCausalLM.
     _keep_in_fp32_modules = _fp32_module_patterns(list(TOWER_CONFIGS), routers=True)
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -846,6 +609,12 @@ class UniMoEPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
     # the media generate() may encode before prefill and hand over as `mm_encoder_outputs` (transformers >= 5.23)
     input_modalities = ("image", "video", "text")
+    # what `output_hidden_states` / `output_attentions` / `output_router_logits` return, recorded from these modules
+    _can_record_outputs = {
+        "hidden_states": UniMoEDecoderLayer,
+        "attentions": UniMoEAttention,
+        "router_logits": OutputRecorder(UniMoETopKRouter, index=0),
+    }
 
     @classmethod
     def is_custom_code(cls) -> bool:
@@ -862,9 +631,11 @@ class UniMoEPreTrainedModel(PreTrainedModel):
             return
         super()._init_weights(module)
         std = self.config.get_text_config().initializer_range
-        if isinstance(module, (UniMoESpeechConnector, UniMoESoundConnector)):
+        if isinstance(module, UniMoETopKRouter):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, (UniMoESpeechConnector, UniMoESoundConnector)):
             init.normal_(module.query_tokens, mean=0.0, std=std)
-        elif isinstance(module, UniMoEMultiModalProjector) and hasattr(module, "frame_weights"):
+        elif isinstance(module, UniMoEMultiModalProjector) and module.frame_weights is not None:
             # a mean over frames (every channel's weights sum to 1), tilted towards the last frames in even channels
             # and the first frames in odd ones, so that the frame order shows from the first step
             frames, channels = module.frame_weights.shape
@@ -900,31 +671,6 @@ class UniMoEPreTrainedModel(PreTrainedModel):
             _warn_once_per_message("bitsandbytes.autograd._functions")
         return self
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save weights and config; the config's `auto_map` lets every Auto class load the folder with remote code.
-
-        The code files the config's `custom_pipelines` name (e.g. `pipeline_unimoe.py`) are copied too, from beside this
-        file or from the folder / Hub repository the model was loaded from, so that the saved folder stays complete
-        (also after PEFT's `merge_and_unload()`).
-        """
-        self.config.auto_map = dict(AUTO_MAP)
-        if type(self)._auto_class is None:
-            type(self).register_for_auto_class("AutoModelForCausalLM")
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        for filename in _custom_pipeline_files(self.config):
-            target = os.path.join(save_directory, filename)
-            if not os.path.isfile(target):
-                source = _find_code_file(filename, self.config._name_or_path)
-                if source is None:
-                    logger.warning(
-                        f"config.json names `{filename}` under `custom_pipelines`, but it is neither beside "
-                        f"{__file__} nor in {self.config._name_or_path!r}; the saved folder's pipeline will not load. "
-                        f"Copy {filename} into {save_directory}, or delete `custom_pipelines` from its config.json."
-                    )
-                else:
-                    shutil.copyfile(source, target)
-        return result
-
 
 class UniMoETextModel(UniMoEPreTrainedModel):
     """The Uni-MoE language model without its head: embeddings, decoder layers, final norm."""
@@ -945,6 +691,7 @@ class UniMoETextModel(UniMoEPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @record_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -953,17 +700,16 @@ class UniMoETextModel(UniMoEPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | list[int] | None = None,
-        output_router_logits: bool | None = None,
-        return_dict: bool | None = None,
         cache: Cache | None = None,
         **kwargs,
-    ) -> UniMoEModelOutputWithPast | tuple:
+    ) -> UniMoEModelOutputWithPast:
         r"""
         cache / past_key_values (`Cache`, *optional*): the KV cache (`cache` is the name since transformers 5.24).
-        output_hidden_states (`bool` or `list[int]`, *optional*): all hidden states, or those of the listed indices
-            (0 = the embeddings, `num_hidden_layers` = the final normed output; None in the other places).
+
+        `output_hidden_states`, `output_attentions` and `output_router_logits` (keyword arguments, or the config's)
+        return the input of every decoder layer and the final normed output, each layer's attention weights (eager
+        attention) and each MoE layer's router logits. transformers from 5.23 on also take a list of hidden-state
+        indices for `output_hidden_states` (None in the other places).
         """
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
@@ -972,14 +718,6 @@ class UniMoETextModel(UniMoEPreTrainedModel):
         use_cache = use_cache if use_cache is not None else config.use_cache
         if self.gradient_checkpointing and self.training:
             use_cache = False  # the recomputed forward would append its keys and values a second time
-        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
-        )
-        output_router_logits = (
-            output_router_logits if output_router_logits is not None else config.output_router_logits
-        )
-        return_dict = return_dict if return_dict is not None else getattr(config, "return_dict", True)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache and cache is None:
@@ -993,14 +731,8 @@ class UniMoETextModel(UniMoEPreTrainedModel):
         causal_mask = _causal_mask(config, inputs_embeds, attention_mask, cache, position_ids, cache_position)
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
-        all_hidden_states = () if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        all_router_logits = () if output_router_logits else None
-
         for decoder_layer in self.layers:
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            hidden_states, router_logits, attn_weights = decoder_layer(
+            hidden_states = decoder_layer(
                 hidden_states,
                 position_embeddings=position_embeddings,
                 attention_mask=causal_mask,
@@ -1009,22 +741,9 @@ class UniMoETextModel(UniMoEPreTrainedModel):
                 position_ids=position_ids,
                 **kwargs,
             )
-            if output_attentions:
-                all_attentions += (attn_weights,)
-            if output_router_logits and router_logits is not None:
-                all_router_logits += (router_logits,)
-
-        hidden_states = self.norm(hidden_states)
-        if output_hidden_states:
-            all_hidden_states += (hidden_states,)
-        output = UniMoEModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            hidden_states=_select_hidden_states(all_hidden_states, output_hidden_states),
-            attentions=all_attentions,
-            router_logits=all_router_logits,
-            **{CACHE_NAME: cache if use_cache else None},
+        return UniMoEModelOutputWithPast(
+            last_hidden_state=self.norm(hidden_states), **{CACHE_NAME: cache if use_cache else None}
         )
-        return output if return_dict else output.to_tuple()
 
 
 def _token_mask(attention_mask: torch.Tensor | None, num_tokens: int) -> torch.Tensor | None:
@@ -1082,6 +801,7 @@ class UniMoEModel(UniMoEPreTrainedModel):
             self.vision_tower = getattr(clip, "vision_model", clip)
             self._clip = (clip,)  # for CLIP's forward and weight init (a tuple: not registered as a submodule)
             self.vision_projector = UniMoEMultiModalProjector(config)
+            self.video_pooler = UniMoEVideoPooler(config)
         if config.speech_config is not None:
             self.speech_tower = WhisperEncoder(config.speech_config)
             self.speech_connector = UniMoESpeechConnector(config)
@@ -1113,22 +833,22 @@ class UniMoEModel(UniMoEPreTrainedModel):
             output_attentions = self.config.output_attentions
         return bool(output_hidden_states), bool(output_attentions)
 
-    def _features_output(self, output: BaseModelOutputWithPooling, return_dict, hidden_states, attentions):
+    @staticmethod
+    def _features_output(output: BaseModelOutputWithPooling, hidden_states: bool, attentions: bool):
         """A tower's output with the projected LLM features as `pooler_output`, holding the tower's hidden states and
-        attentions only where asked for; a tuple if `return_dict` is False."""
+        attentions only where asked for."""
         output.hidden_states = output.hidden_states if hidden_states else None
         output.attentions = output.attentions if attentions else None
-        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
-        return output if return_dict else output.to_tuple()
+        return output
 
+    @can_return_tuple
     def get_image_features(
         self,
         pixel_values: torch.FloatTensor,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling | tuple:
+    ) -> BaseModelOutputWithPooling:
         """[images, 3, H, W] -> `pooler_output` [images, patches, hidden]: CLIP hidden layer `vision_feature_layer`, CLS
         dropped, through the projector. `last_hidden_state` (and `hidden_states` / `attentions` when asked) are
         CLIP's."""
@@ -1146,20 +866,19 @@ class UniMoEModel(UniMoEPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-        return self._features_output(output, return_dict, output_hidden_states, output_attentions)
+        return self._features_output(output, output_hidden_states, output_attentions)
 
+    @can_return_tuple
     def get_video_features(
         self,
         pixel_values_videos: torch.FloatTensor,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling | tuple:
+    ) -> BaseModelOutputWithPooling:
         """[videos, frames, 3, H, W] -> `pooler_output` [videos, patches, hidden]: each frame through the image path,
-        then pooled over frames: the mean (`config.video_pooling="mean"`, the released models), or a learned
-        per-frame, per-channel weighting (`"weighted"`), which can tell the frames' order. `last_hidden_state` is
-        CLIP's, the frames one after the other ([videos, frames * tokens, vision_hidden])."""
+        then pooled over frames by [`UniMoEVideoPooler`]. `last_hidden_state` is CLIP's, the frames one after the other
+        ([videos, frames * tokens, vision_hidden])."""
         self._require("vision_tower", "pixel_values_videos", "vision_config")
         output_hidden_states, output_attentions = self._output_flags(output_hidden_states, output_attentions)
         num_videos, num_frames = pixel_values_videos.shape[:2]
@@ -1171,29 +890,19 @@ class UniMoEModel(UniMoEPreTrainedModel):
         )
         features = output.pooler_output  # [videos * frames, patches, hidden]
         features = features.view(num_videos, num_frames, *features.shape[1:])
-        frame_weights = getattr(self.vision_projector, "frame_weights", None)
-        if frame_weights is None:
-            output.pooler_output = features.mean(dim=1)
-        elif num_frames != frame_weights.shape[0]:
-            raise ValueError(
-                f"`pixel_values_videos` has {num_frames} frames per video, but this model learned its frame weights for "
-                f"exactly {frame_weights.shape[0]} (`config.num_video_frames`). Sample {frame_weights.shape[0]} "
-                "frames per video (the processor does)."
-            )
-        else:
-            output.pooler_output = (features * frame_weights[None, :, None, :].to(features.dtype)).sum(dim=1)
+        output.pooler_output = self.video_pooler(features, self.vision_projector.frame_weights)
         last = output.last_hidden_state  # [videos * frames, tokens, vision_hidden]
         output.last_hidden_state = last.reshape(num_videos, num_frames * last.shape[1], last.shape[2])
-        return self._features_output(output, return_dict, output_hidden_states, output_attentions)
+        return output
 
+    @can_return_tuple
     def get_speech_features(
         self,
         input_features: torch.FloatTensor,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling | tuple:
+    ) -> BaseModelOutputWithPooling:
         """[chunks, mel_bins, frames] Whisper log-mel of audio chunks -> `pooler_output` [chunks,
         num_speech_query_tokens, hidden]; `last_hidden_state` is the Whisper encoder's."""
         tower = self._require("speech_tower", "input_features", "speech_config")
@@ -1210,15 +919,12 @@ class UniMoEModel(UniMoEPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-        return self._features_output(output, return_dict, output_hidden_states, output_attentions)
+        return self._features_output(output, output_hidden_states, output_attentions)
 
+    @can_return_tuple
     def get_sound_features(
-        self,
-        sound_features: torch.FloatTensor,
-        sound_features_mask: torch.Tensor | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling | tuple:
+        self, sound_features: torch.FloatTensor, sound_features_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
         """[chunks, frames, 128] kaldi fbank (mask: 1 = real frame) -> `pooler_output` [chunks, num_sound_query_tokens,
         hidden]; `last_hidden_state` is the BEATs encoder's."""
         tower = self._require("sound_tower", "sound_features", "audio_config")
@@ -1227,10 +933,9 @@ class UniMoEModel(UniMoEPreTrainedModel):
         hidden_states, _ = tower(sound_features.to(dtype), padding_mask)
         # as in the original, the Q-Former attends to every BEATs token (padded ones carry no padded-frame content:
         # BEATs zeroes them and masks them as keys)
-        output = BaseModelOutputWithPooling(
+        return BaseModelOutputWithPooling(
             last_hidden_state=hidden_states, pooler_output=self.sound_connector(hidden_states)
         )
-        return self._features_output(output, return_dict, False, False)
 
     def _merge(self, input_ids, inputs_embeds, token_id, features, what, input_name):
         """Scatter `features` [items, tokens_per_item, hidden] into the placeholder positions of `token_id`."""
@@ -1249,6 +954,7 @@ class UniMoEModel(UniMoEPreTrainedModel):
             )
         return inputs_embeds.masked_scatter(mask.unsqueeze(-1), features.to(inputs_embeds.dtype))
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1263,10 +969,9 @@ class UniMoEModel(UniMoEPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
-        return_dict: bool | None = None,
         cache: Cache | None = None,
         **kwargs,
-    ) -> UniMoEModelOutputWithPast | tuple:
+    ) -> UniMoEModelOutputWithPast:
         r"""
         mm_encoder_outputs (`dict`, *optional*): media already encoded by `get_image_features` / `get_video_features` /
             `get_speech_features` / `get_sound_features`, under "image", "video", "speech", "sound" (their
@@ -1277,35 +982,43 @@ class UniMoEModel(UniMoEPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        config = self.config
         encoded = mm_encoder_outputs or {}
-        media = (
-            ("image", config.image_token_id, "pixel_values", pixel_values, self.get_image_features),
-            ("video", config.video_token_id, "pixel_values_videos", pixel_values_videos, self.get_video_features),
-            ("speech", config.audio_token_id, "input_features", input_features, self.get_speech_features),
-            ("sound", config.sound_token_id, "sound_features", sound_features, self.get_sound_features),
-        )
-        for what, token_id, input_name, values, encode in media:
-            if values is not None and encoded.get(what) is not None:
+        media = {  # modality: (input name, input, encoder)
+            "image": ("pixel_values", pixel_values, self.get_image_features),
+            "video": ("pixel_values_videos", pixel_values_videos, self.get_video_features),
+            "speech": ("input_features", input_features, self.get_speech_features),
+            "sound": (
+                "sound_features",
+                sound_features,
+                functools.partial(self.get_sound_features, sound_features_mask=sound_features_mask),
+            ),
+        }
+        token_ids = self.config.placeholder_token_ids
+        for modality, (input_name, values, encode) in media.items():
+            if values is not None and encoded.get(modality) is not None:
                 raise ValueError(
-                    f"Both `{input_name}` and `mm_encoder_outputs['{what}']` were given; pass one of them."
+                    f"Both `{input_name}` and `mm_encoder_outputs['{modality}']` were given; pass one of them."
                 )
             if values is not None:
-                extra = {"sound_features_mask": sound_features_mask} if what == "sound" else {}
-                features = encode(values, return_dict=True, **extra).pooler_output
-            elif encoded.get(what) is not None:
-                features = encoded[what].pooler_output
+                features = encode(values, return_dict=True).pooler_output
+            elif encoded.get(modality) is not None:
+                features = encoded[modality].pooler_output
             else:  # no media: the placeholders stay text tokens (as in Llava); the processor pairs them with media
                 continue
-            inputs_embeds = self._merge(input_ids, inputs_embeds, token_id, features, what, input_name)
+            if modality not in token_ids:
+                raise ValueError(
+                    f"`mm_encoder_outputs['{modality}']` was given, but this model has no {modality} placeholder token "
+                    f"(`config.{MODALITIES[modality][0]}` is None). Drop it or load a checkpoint with this modality."
+                )
+            inputs_embeds = self._merge(input_ids, inputs_embeds, token_ids[modality], features, modality, input_name)
 
         return self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            return_dict=return_dict,
             cache=cache if cache is not None else past_key_values,
+            return_dict=True,
             **kwargs,
         )
 
@@ -1322,10 +1035,6 @@ class UniMoEForCausalLM(UniMoEPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = UniMoEModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
-        placeholders = [config.image_token_id, config.video_token_id, config.audio_token_id, config.sound_token_id]
-        placeholders = [token_id for token_id in placeholders if token_id is not None]
-        if placeholders and self.generation_config is not None:  # media placeholders are inputs, never outputs
-            self.generation_config.suppress_tokens = placeholders
         self.post_init()
 
     def get_input_embeddings(self):
@@ -1340,6 +1049,7 @@ class UniMoEForCausalLM(UniMoEPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1357,10 +1067,9 @@ class UniMoEForCausalLM(UniMoEPreTrainedModel, GenerationMixin):
         output_router_logits: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
-        return_dict: bool | None = None,
         cache: Cache | None = None,
         **kwargs,
-    ) -> UniMoECausalLMOutputWithPast | tuple:
+    ) -> UniMoECausalLMOutputWithPast:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*): token ids to predict; -100
             is ignored. With `output_router_logits=True` the loss also carries the weighted aux and z losses.
@@ -1369,7 +1078,6 @@ class UniMoEForCausalLM(UniMoEPreTrainedModel, GenerationMixin):
         output_router_logits = (
             output_router_logits if output_router_logits is not None else text_config.output_router_logits
         )
-        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -1383,8 +1091,8 @@ class UniMoEForCausalLM(UniMoEPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             output_router_logits=output_router_logits,
             mm_encoder_outputs=mm_encoder_outputs,
-            return_dict=True,
             cache=cache if cache is not None else past_key_values,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -1404,7 +1112,7 @@ class UniMoEForCausalLM(UniMoEPreTrainedModel, GenerationMixin):
                 extra = text_config.router_aux_loss_coef * aux_loss + text_config.router_z_loss_coef * z_loss
                 loss = loss + extra.to(loss.device)
 
-        output = UniMoECausalLMOutputWithPast(
+        return UniMoECausalLMOutputWithPast(
             loss=loss,
             aux_loss=aux_loss,
             z_loss=z_loss,
@@ -1414,7 +1122,12 @@ class UniMoEForCausalLM(UniMoEPreTrainedModel, GenerationMixin):
             router_logits=outputs.router_logits,
             **{CACHE_NAME: outputs.get(CACHE_NAME)},
         )
-        return output if return_dict else output.to_tuple()
+
+    def _prepare_generation_config(self, *args, **kwargs):
+        generation_config, model_kwargs = super()._prepare_generation_config(*args, **kwargs)
+        if generation_config.suppress_tokens is None:  # by default, media placeholders are inputs, never outputs
+            generation_config.suppress_tokens = list(self.config.placeholder_token_ids.values()) or None
+        return generation_config, model_kwargs
 
     def prepare_inputs_for_generation(self, *args, **kwargs):
         model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
@@ -1427,12 +1140,16 @@ class UniMoEForCausalLM(UniMoEPreTrainedModel, GenerationMixin):
             or cache is None
             or cache.get_seq_length() == 0
         )
-        for name in MEDIA_INPUTS:
+        for name in (*MEDIA_INPUTS, "mm_encoder_outputs"):
             if needs_media and kwargs.get(name) is not None:
                 model_inputs[name] = kwargs[name]
             elif not needs_media:
                 model_inputs.pop(name, None)
         return model_inputs
 
+
+# a saved model carries this file and its siblings, and names its class in `config.auto_map`
+UniMoEModel.register_for_auto_class("AutoModel")
+UniMoEForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 __all__ = ["UniMoEForCausalLM", "UniMoEModel", "UniMoETextModel", "UniMoEPreTrainedModel"]

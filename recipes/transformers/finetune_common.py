@@ -1,10 +1,12 @@
 # Copyright 2026 The uni-moe developers. Licensed under the Apache License, Version 2.0.
-"""What both fine-tuning recipes use: the LoRA target modules, a toy image task and a greedy answer."""
+"""What both fine-tuning recipes use: the LoRA target modules, a toy image task, a greedy answer and saving."""
 
 import random
+import shutil
 
 import torch
 from PIL import Image, ImageDraw
+from transformers.utils import cached_file
 
 
 # LoRA on every linear layer of the language model: attention q/k/v/o and the gate/up/down projections of each expert
@@ -40,3 +42,13 @@ def answer(model, processor, image, question: str, max_new_tokens: int = 4) -> s
     ).to(model.device)
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def save(model, processor, source: str, out: str) -> None:
+    """Save the model and processor to `out`, with the custom pipeline file (pipeline_unimoe.py) of `source` (a
+    folder or Hub id) where it has one, so that `pipeline(model=out, trust_remote_code=True)` works as on `source`."""
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    pipeline_file = cached_file(source, "pipeline_unimoe.py", _raise_exceptions_for_missing_entries=False)
+    if pipeline_file is not None:
+        shutil.copy2(pipeline_file, f"{out}/pipeline_unimoe.py")

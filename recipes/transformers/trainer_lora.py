@@ -21,7 +21,7 @@ the eval loss before and after training and the merged model's accuracy on new i
 import argparse
 
 import torch
-from finetune_common import TARGET_MODULES, answer, toy_examples
+from finetune_common import TARGET_MODULES, answer, save, toy_examples
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoProcessor, Trainer, TrainingArguments
 
@@ -97,8 +97,7 @@ def main(argv=None) -> dict:
     held_out = toy_examples(20, seed=1)
     accuracy = sum(answer(model, processor, ex["image"], ex["question"]) == ex["answer"] for ex in held_out) / 20
     print(f"accuracy on new images: {accuracy:.2f}")
-    model.save_pretrained(args.out)
-    processor.save_pretrained(args.out)
+    save(model, processor, args.model, args.out)
     print(f"saved the merged model and its processor in {args.out}")
     return {
         "eval_loss_before": before,

@@ -16,7 +16,7 @@ import argparse
 
 import torch
 from datasets import Dataset
-from finetune_common import TARGET_MODULES, answer, toy_examples
+from finetune_common import TARGET_MODULES, answer, save, toy_examples
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoProcessor
 from trl import SFTConfig, SFTTrainer
@@ -70,8 +70,7 @@ def main(argv=None) -> dict:
     held_out = toy_examples(20, seed=1)
     accuracy = sum(answer(model, processor, ex["image"], ex["question"]) == ex["answer"] for ex in held_out) / 20
     print(f"accuracy on new images: {accuracy:.2f}")
-    model.save_pretrained(args.out)
-    processor.save_pretrained(args.out)
+    save(model, processor, args.model, args.out)
     print(f"saved the merged model and its processor in {args.out}")
     return {
         "eval_loss_before": before,

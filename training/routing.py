@@ -1,17 +1,25 @@
 # Copyright 2026 The uni-moe developers. Licensed under the Apache License, Version 2.0.
-"""The demo's experts panel: per MoE layer, the share of each modality's prompt tokens that the router sent to each
-expert, drawn as heat maps.
+"""Expert routing per modality: per MoE layer, the share of each modality's prompt tokens that the top-k router sent
+to each expert (the paper's expert preference analysis), and its heat maps.
 
-Self-contained on purpose (torch, numpy, pillow and matplotlib only): a Space holds this folder and the model's Hub
-folder, not the uni-moe package. The model and processor are any Uni-MoE pair loaded with `trust_remote_code=True`;
-what is read from them is public: `config.get_text_config()` (`moe_layer_indices`, `num_experts`,
-`num_experts_per_tok`), the processor's placeholder token ids and `audio_path`, and the router logits that a forward
-pass with `output_router_logits=True` returns (one `[tokens, experts]` tensor per MoE layer).
+    report = routing_report(model, processor, [inputs], system_prefix_length(processor))
+    plot_routing(report).save("routing.png")
+
+`training.evaluate --routing` runs it over the synthetic test split; the demo's experts panel over each prompt it
+answers. The model and processor are any Uni-MoE pair, this package's classes or a Hub folder's remote code: what is
+read from them is public (`config.get_text_config()`'s `moe_layer_indices`, `num_experts` and `num_experts_per_tok`,
+the processor's placeholder token ids and `audio_path`, and the router logits of a forward pass with
+`output_router_logits=True`: one `[tokens, experts]` tensor per MoE layer).
+
+This module imports nothing of this package (torch, numpy, pillow and matplotlib only): the demo's Space carries it
+alone, at `modeling_unimoe/training/routing.py` (demo/publish.py).
 """
 
 from __future__ import annotations
 
 import io
+
+import torch
 
 
 MODALITIES = ("image", "video", "speech", "sound", "text")
@@ -45,36 +53,49 @@ def token_modalities(processor, input_ids) -> list[str]:
     return [kinds.get(int(token)) or "text" for token in input_ids]
 
 
-def routing_report(model, processor, inputs, prefix_length: int = 0) -> dict:
-    """Per MoE layer, the share of each modality's top-k assignments that go to each expert, for one prompt.
+@torch.no_grad()
+def routing_report(model, processor, prompts, prefix_length: int = 0) -> dict:
+    """Per MoE layer, the share of each modality's top-k assignments that go to each expert, over `prompts`.
 
-    `inputs` is the processor's output for a single prompt (batch of one); the first `prefix_length` tokens (the
-    system prompt) are left out. Returns `{"moe_layers", "num_experts", "top_k", "tokens": {modality: count},
-    "share": {modality: {layer: [share per expert]}}}`, the layout `plot_routing` draws."""
-    import torch
-
+    Each prompt is the processor's output for one conversation (a batch of one); its first `prefix_length` tokens
+    (the system prompt, `system_prefix_length`) are left out. Returns `{"moe_layers", "num_experts", "top_k",
+    "prompts", "tokens": {modality: count}, "share": {modality: {layer: [share per expert]}}}`, the layout
+    `plot_routing` draws."""
     text_config = model.config.get_text_config()
     layers = list(text_config.moe_layer_indices)
     if not layers:
         raise ValueError("This model has no MoE layers: there is no routing to show.")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("routing_report got no prompts; expected the processor's outputs of one or more prompts.")
     num_experts, top_k = text_config.num_experts, text_config.num_experts_per_tok
-    labels = token_modalities(processor, inputs["input_ids"][0].tolist())[prefix_length:]
-    with torch.no_grad():
-        out = model(**inputs, output_router_logits=True, use_cache=False)
     counts: dict[str, torch.Tensor] = {}
-    for slot, logits in enumerate(out.router_logits):  # [tokens, experts] per MoE layer
-        selected = logits.float().reshape(-1, num_experts).topk(top_k, dim=-1).indices[prefix_length:].cpu()
-        for modality in dict.fromkeys(labels):
-            rows = selected[[i for i, label in enumerate(labels) if label == modality]]  # [tokens of it, top_k]
-            table = counts.setdefault(modality, torch.zeros(len(layers), num_experts))
-            table[slot] += torch.bincount(rows.reshape(-1), minlength=num_experts).float()
+    tokens: dict[str, int] = {}
+    for index, inputs in enumerate(prompts):
+        batch = inputs["input_ids"].shape[0]
+        if batch != 1:
+            raise ValueError(
+                f"Prompt {index} holds a batch of {batch}; expected a batch of one (one conversation per processor "
+                "call), so that padding is not counted. Encode the conversations one at a time."
+            )
+        labels = token_modalities(processor, inputs["input_ids"][0].tolist())[prefix_length:]
+        out = model(**inputs, output_router_logits=True, use_cache=False)
+        for slot, logits in enumerate(out.router_logits):  # [tokens, experts] per MoE layer
+            selected = logits.float().reshape(-1, num_experts).topk(top_k, dim=-1).indices[prefix_length:].cpu()
+            for modality in dict.fromkeys(labels):
+                rows = selected[[i for i, label in enumerate(labels) if label == modality]]  # [tokens of it, top_k]
+                table = counts.setdefault(modality, torch.zeros(len(layers), num_experts))
+                table[slot] += torch.bincount(rows.reshape(-1), minlength=num_experts).float()
+        for modality in labels:
+            tokens[modality] = tokens.get(modality, 0) + 1
     order = [m for m in MODALITIES if m in counts]
     shares = {m: (counts[m] / counts[m].sum(-1, keepdim=True).clamp_min(1)).tolist() for m in order}
     return {
         "moe_layers": layers,
         "num_experts": num_experts,
         "top_k": top_k,
-        "tokens": {m: labels.count(m) for m in order},
+        "prompts": len(prompts),
+        "tokens": {m: tokens[m] for m in order},
         "share": {m: {str(layer): row for layer, row in zip(layers, shares[m], strict=True)} for m in order},
     }
 
