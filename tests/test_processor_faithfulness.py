@@ -423,7 +423,7 @@ def test_missing_soxr_names_the_package(monkeypatch):
 
 
 def test_synthetic_data_resamples_with_the_processor_function():
-    from modeling_unimoe.training.synthetic import resample
+    from modeling_unimoe.training.synthetic_media import resample
 
     wave = np.random.default_rng(3).standard_normal(22050).astype(np.float32)
     np.testing.assert_array_equal(resample(wave, 22050), resample_audio(wave, 22050, SR))

@@ -13,24 +13,26 @@ from PIL import Image
 
 from modeling_unimoe.training.synthetic import (
     ANSWERS,
-    COLORS,
-    NUM_SPEAKERS,
     NUMBER_WORDS,
     QUESTIONS,
-    SAMPLING_RATE,
-    SHIFTED,
-    SOUND_RATES,
-    SPEECH_DIR,
-    SPEECH_SPEAKERS,
     SPLITS,
-    STANDARD,
     TASKS,
     is_correct,
     load_split,
     make_example,
     normalize_answer,
-    resample,
     write_split,
+)
+from modeling_unimoe.training.synthetic_media import (
+    COLORS,
+    NUM_SPEAKERS,
+    SAMPLING_RATE,
+    SHIFTED,
+    SOUND_RATES,
+    SPEECH_DIR,
+    SPEECH_SPEAKERS,
+    STANDARD,
+    resample,
 )
 
 

@@ -6,9 +6,9 @@
 
 10 digits ("zero" ... "nine") x 48 speakers. Speaker k is the espeak accent `ACCENTS[k % 8]` with the voice variant
 `VARIANTS[(k + k // 24) % 12]` (so all 48 pairs differ), a speed of 125-195 words per minute and a pitch of 25-75
-drawn from `numpy.random.default_rng(0)`. espeak-ng's 22.05 kHz output is resampled to 16 kHz (`synthetic.resample`),
+drawn from `numpy.random.default_rng(0)`. espeak-ng's 22.05 kHz output is resampled to 16 kHz (`synthetic_media.resample`),
 trimmed to the speech plus 30 ms each side, peak-normalised to 0.9 and stored as 16-bit mono FLAC. `speakers.json`
-records each speaker's settings and split (`synthetic.SPEECH_SPEAKERS`: 0-15 and 24-47 train, 16-19 validation, 20-23
+records each speaker's settings and split (`synthetic_media.SPEECH_SPEAKERS`: 0-15 and 24-47 train, 16-19 validation, 20-23
 test), so validation and test clips use accent / variant / speed / pitch combinations that training never hears.
 
 The output is deterministic for a given espeak-ng and libsndfile version (espeak-ng is deterministic; run twice, the
@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from .synthetic import NUM_SPEAKERS, NUMBER_WORDS, SAMPLING_RATE, SPEECH_DIR, SPEECH_SPEAKERS, resample
+from .synthetic import NUMBER_WORDS
+from .synthetic_media import NUM_SPEAKERS, SAMPLING_RATE, SPEECH_DIR, SPEECH_SPEAKERS, resample
 
 
 ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
