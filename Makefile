@@ -48,22 +48,22 @@ test-compat: $(STAMP) compat-venvs
 compat-venvs: $(STAMP)
 	-$(BIN)/python -m tests.compat.venvs
 
-# Debian's chromium for tests/test_demo_browser.py (skipped, with its reason, where it is missing)
+# Debian's chromium for tests/demo/test_demo_browser.py (skipped, with its reason, where it is missing)
 $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update && apt-get install -y --no-install-recommends chromium; \
 	else \
-		echo "$(CHROMIUM) is missing: tests/test_demo_browser.py will be skipped. Install it as root with" \
+		echo "$(CHROMIUM) is missing: tests/demo/test_demo_browser.py will be skipped. Install it as root with" \
 			"'apt-get install chromium' (Debian / Ubuntu), then run make test again."; \
 	fi
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-# vLLM serving (tests/test_vllm.py, slow): makes the vLLM venv, then checks vLLM's greedy tokens against transformers
+# vLLM serving (tests/serving/test_vllm.py, slow): makes the vLLM venv, then checks vLLM's greedy tokens against transformers
 test-vllm: $(STAMP)
 	$(BIN)/python -m serving.venv
-	$(BIN)/python -m pytest -q -rs -m slow tests/test_vllm.py
+	$(BIN)/python -m pytest -q -rs -m slow tests/serving/test_vllm.py
 
 quality: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
@@ -95,4 +95,4 @@ lmms-eval-venv: $(STAMP)
 
 # lmms-eval's offline run of the synthetic tasks on checkpoints/uni-moe-tiny, checked against training.evaluate
 test-lmms-eval: lmms-eval-venv
-	$(BIN)/python -m pytest -q -m slow tests/test_lmms_eval.py
+	$(BIN)/python -m pytest -q -m slow tests/evaluation/test_lmms_eval.py

@@ -3,7 +3,7 @@
 
 Not uploaded to the Hub as code: `save_tiny_processor` (processing/export.py) writes the trained tokenizer as
 `tokenizer.json`. Training is deterministic (same corpus, same order, no sampling), so the tokenizer is rebuilt rather
-than checked in; `tests/test_processing.py` checks that two builds are identical.
+than checked in; `tests/processing/test_processing.py` checks that two builds are identical.
 
     from modeling_unimoe.processing.tiny_tokenizer import build_tiny_tokenizer
     tokenizer = build_tiny_tokenizer()          # PreTrainedTokenizerFast, vocab 512

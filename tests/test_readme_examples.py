@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .processing_helpers import sine, write_audio, write_image, write_video
+from tests.processing.processing_helpers import sine, write_audio, write_image, write_video
 
 
 REPO = Path(__file__).resolve().parents[1]

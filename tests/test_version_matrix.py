@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from .compat.check_version import CHECKS
-from .compat.venvs import MAIN, MATRIX, VenvError, ensure_venv, version_key
+from tests.compat.check_version import CHECKS
+from tests.compat.venvs import MAIN, MATRIX, VenvError, ensure_venv, version_key
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,0 +1,76 @@
+"""training/evaluate.py writes under build/ (of the current directory) unless told, never into the evaluated
+folder, and its routing report (training/routing.py) and plot still come out."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from modeling_unimoe.training.evaluate import default_out, evaluate, main
+
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = REPO / "checkpoints" / "uni-moe-tiny"
+
+pytestmark = pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason=f"no embedded checkpoint at {MODEL}")
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_default_output_is_under_build_not_the_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(MODEL)
+    report = evaluate(MODEL, tmp_path / "data", "test", n_per_task=2, routing=True, tasks=("image_color",),
+                      log=lambda *_: None)  # fmt: skip
+    out = tmp_path / "build" / "eval" / "uni-moe-tiny"
+    assert default_out(MODEL) == Path("build/eval/uni-moe-tiny")
+    assert json.loads((out / "eval.json").read_text())["per_task"]["image_color"]["n"] == 2
+    routes = json.loads((out / "routing.json").read_text())
+    # each token counts as its own modality: the image placeholders as image, the question as text
+    assert set(routes["share"]) == {"image", "text"} and routes["moe_layers"] == report["routing"]["moe_layers"]
+    assert routes["examples_per_modality"] == {"image": 2} and routes["prompts"] == 2
+    assert routes["tokens"]["image"] > routes["tokens"]["text"] > 0
+    for share in routes["share"]["image"].values():
+        assert abs(sum(share) - 1) < 1e-5 and len(share) == routes["num_experts"]
+    assert (out / "routing.png").read_bytes()[:4] == b"\x89PNG"
+    assert _snapshot(MODEL) == before, "the evaluated folder was written to"
+
+
+def test_out_flag_is_used(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main([str(MODEL), "--data", str(tmp_path / "data"), "--n-per-task", "1", "--out", str(tmp_path / "mine")])
+    assert (tmp_path / "mine" / "eval.json").is_file()
+    assert not (tmp_path / "build").exists()
+
+
+def test_routing_report_counts_each_tokens_modality_and_refuses_batches(tiny_model):
+    """training/routing.py: each token counts as its own modality (a placeholder id as its medium, the rest as text),
+    the prefix left out; every layer's shares sum to 1; batches of more than one prompt are refused."""
+    import torch
+
+    from modeling_unimoe.training.routing import plot_routing, routing_report
+
+    # a stand-in processor whose "image" id is an ordinary token to the model: routing reads only these attributes
+    processor = SimpleNamespace(image_token_id=7, video_token_id=None, audio_token_id=None, sound_token_id=None,
+                                audio_path=None)  # fmt: skip
+    prompt = {"input_ids": torch.tensor([[1, 7, 7, 9, 10, 11]]), "attention_mask": torch.ones(1, 6, dtype=torch.long)}
+    report = routing_report(tiny_model, processor, [prompt, prompt], prefix_length=1)
+    text_config = tiny_model.config.get_text_config()
+    assert report["tokens"] == {"image": 4, "text": 6} and report["prompts"] == 2
+    assert (
+        report["moe_layers"] == list(text_config.moe_layer_indices)
+        and report["top_k"] == text_config.num_experts_per_tok
+    )
+    for modality in ("image", "text"):
+        for share in report["share"][modality].values():
+            assert len(share) == text_config.num_experts and abs(sum(share) - 1) < 1e-5
+    image = plot_routing(report)
+    assert image.mode == "RGB" and image.width > 100
+    batch = {key: value.repeat(2, 1) for key, value in prompt.items()}
+    with pytest.raises(ValueError, match="Prompt 0 holds a batch of 2; expected a batch of one"):
+        routing_report(tiny_model, processor, [batch])
+    with pytest.raises(ValueError, match="got no prompts"):
+        routing_report(tiny_model, processor, [])
