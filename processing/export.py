@@ -88,7 +88,7 @@ def processor_from_config(config, tokenizer, chat_template=None, **settings) -> 
         video_token=token_of(config.video_token_id) or "<video>",
         audio_token=token_of(config.audio_token_id if speech is not None else config.sound_token_id) or "<audio>",
         sound_token=token_of(config.sound_token_id) if (speech is not None and sound is not None) else None,
-        image_seq_length=(vision.image_size // vision.patch_size) ** 2 if vision is not None else None,
+        image_seq_length=config.image_seq_length,
         num_video_frames=config.num_video_frames,
         num_speech_query_tokens=config.num_speech_query_tokens if speech is not None else None,
         num_sound_query_tokens=config.num_sound_query_tokens if sound is not None else None,
@@ -126,11 +126,10 @@ def build_tiny_processor_tokenizer(config):
             f"The tiny tokenizer has {len(tokenizer)} tokens but the config's vocab is {text_config.vocab_size}."
         )
     placeholders = set(TINY_SPECIAL_TOKENS[3:])
-    for name in ("image_token_id", "audio_token_id", "video_token_id", "sound_token_id"):
-        token_id = getattr(config, name)
-        if token_id is not None and tokenizer.convert_ids_to_tokens(token_id) not in placeholders:
+    for modality, token_id in config.placeholder_token_ids.items():
+        if tokenizer.convert_ids_to_tokens(token_id) not in placeholders:
             raise ValueError(
-                f"config.{name} = {token_id} is {tokenizer.convert_ids_to_tokens(token_id)!r} in the tiny tokenizer, "
+                f"The {modality} placeholder id {token_id} is {tokenizer.convert_ids_to_tokens(token_id)!r} in the tiny tokenizer, "
                 f"not one of the placeholders {sorted(placeholders)} (ids 3..6)."
             )
     return tokenizer
