@@ -62,7 +62,7 @@ def audio_block_type(processor, audio_is: str, question: str) -> str:
     speech) or "sound" (`<sound>`); "auto" takes speech when the question is about what is said, sound otherwise."""
     if audio_is not in AUDIO_CHOICES:
         raise DemoInputError(f"'Audio is' was {audio_is!r}; expected one of {', '.join(AUDIO_CHOICES)}.")
-    if processor.audio_path is None:
+    if not processor.audio_paths:
         raise DemoInputError("This model has no speech or sound tower, so it cannot take audio. Ask without audio.")
     if processor.sound_token_id is None:  # one audio path: `<audio>` goes to it (Whisper or BEATs)
         return "audio"

@@ -63,7 +63,7 @@ def build_demo(model, processor, title: str = "Uni-MoE", keep_files: int = 3600,
         context = int(model.config.get_text_config().max_position_embeddings)
         has_moe = bool(model.config.get_text_config().moe_layer_indices)
     # vLLM's chat API has one audio kind: with that backend audio always takes the `<audio>` path
-    both_audio_paths = not vllm and processor.audio_path == "speech" and processor.sound_token_id is not None
+    both_audio_paths = not vllm and len(processor.audio_paths) == 2
 
     def encode(messages):
         return processor.apply_chat_template(

@@ -218,7 +218,7 @@ class UniMoE(lmms):
         text_config = self._config.get_text_config()
         self._max_length = getattr(text_config, "max_position_embeddings", None)
         has_speech = getattr(self._config, "speech_config", None) is not None
-        has_sound = getattr(self._config, "audio_config", None) is not None
+        has_sound = getattr(self._config, "sound_config", None) is not None
         # a model with one audio tower takes every audio through `audio` blocks (the processor routes them to it)
         if has_speech and has_sound:
             self.audio_block = {"speech": "audio", "sound": "sound"}

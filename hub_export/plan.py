@@ -302,7 +302,7 @@ def build_config(variant: Variant, src: Sources, stage_keys: dict, clip: Path, w
     preset["image_token_id"], preset["video_token_id"] = vocab, vocab + 2
     if variant.audio == "speech":
         preset["speech_config"] = _tower_config(Path(whisper), "--whisper", _WHISPER_KEYS, "whisper")
-        preset["audio_token_id"] = vocab + 1
+        preset["speech_token_id"] = vocab + 1
         shape = _last_shape(src, stage_keys, "model.query_tokens")
         if shape is None:
             raise ConversionError(
@@ -319,8 +319,8 @@ def build_config(variant: Variant, src: Sources, stage_keys: dict, clip: Path, w
                 "returns class probabilities instead of features. Pass the pre-trained BEATs_iter3_plus_AS2M.pt."
             )
         fields = set(inspect.signature(UniMoEBEATsConfig.__init__).parameters) - {"self", "kwargs"}
-        preset["audio_config"] = {k: v for k, v in beats_cfg.items() if k in fields}
-        preset["audio_qformer_config"] = _qformer_config(src, stage_keys)
+        preset["sound_config"] = {k: v for k, v in beats_cfg.items() if k in fields}
+        preset["sound_qformer_config"] = _qformer_config(src, stage_keys)
         preset["sound_token_id"] = vocab + 1
         shape = _last_shape(src, stage_keys, "model.mm_audio_aligner.query_tokens")
         if shape is None:

@@ -39,7 +39,7 @@ class UniMoEBEATsConfig(PreTrainedConfig):
     """
 
     model_type = "unimoe_beats"
-    base_config_key = "audio_config"
+    base_config_key = "sound_config"
 
     def __init__(
         self,

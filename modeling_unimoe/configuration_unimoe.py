@@ -30,8 +30,8 @@ VIDEO_POOLING = ("mean", "weighted")
 MODALITIES = {
     "image": ("image_token_id", "vision_config"),
     "video": ("video_token_id", "vision_config"),
-    "speech": ("audio_token_id", "speech_config"),
-    "sound": ("sound_token_id", "audio_config"),
+    "speech": ("speech_token_id", "speech_config"),
+    "sound": ("sound_token_id", "sound_config"),
 }
 # The transformers Auto classes that load a saved folder through this file and `modeling_unimoe.py` (remote code).
 AUTO_MAP = {
@@ -39,6 +39,13 @@ AUTO_MAP = {
     "AutoModel": "modeling_unimoe.UniMoEModel",
     "AutoModelForCausalLM": "modeling_unimoe.UniMoEForCausalLM",
     "AutoModelForImageTextToText": "modeling_unimoe.UniMoEForCausalLM",
+}
+# Earlier names of three fields, from before the model named its two audio paths speech (Whisper) and sound (BEATs)
+# everywhere: a config.json that uses them loads, and they stay readable and settable as attributes.
+LEGACY_NAMES = {
+    "audio_token_id": "speech_token_id",
+    "audio_config": "sound_config",
+    "audio_qformer_config": "sound_qformer_config",
 }
 # config.json keys that no part of the model reads (the connector types, each with a single implementation)
 UNUSED_KEYS = ("vision_connector", "speech_connector", "sound_connector")
@@ -253,9 +260,9 @@ class UniMoEConfig(PreTrainedConfig):
         vision_config (`CLIPVisionConfig` or `dict`, *optional*): CLIP tower for images and video frames.
         speech_config (`WhisperConfig` or `dict`, *optional*): Whisper; its encoder is the speech tower and its decoder
             the query transformer of the speech connector.
-        audio_config (`UniMoEBEATsConfig` or `dict`, *optional*): BEATs tower for sounds.
-        audio_qformer_config (`Blip2QFormerConfig` or `dict`, *optional*): the Q-Former of the sound connector.
-        image_token_id / video_token_id / audio_token_id / sound_token_id (`int`): placeholder token ids for images,
+        sound_config (`UniMoEBEATsConfig` or `dict`, *optional*): BEATs tower for sounds.
+        sound_qformer_config (`Blip2QFormerConfig` or `dict`, *optional*): the Q-Former of the sound connector.
+        image_token_id / video_token_id / speech_token_id / sound_token_id (`int`): placeholder token ids for images,
             videos, speech (Whisper path) and sounds (BEATs path). Required for each tower that is present.
         vision_feature_layer (`int`): CLIP hidden layer fed to the projector (CLS token dropped).
         projector_hidden_act (`str`): activation of the `mlp2x_gelu` vision projector.
@@ -270,16 +277,20 @@ class UniMoEConfig(PreTrainedConfig):
             Whisper's window; the Whisper encoder then has `max_source_positions = 50 * audio_chunk_seconds`. The
             `tiny` preset uses 3 s.
         auto_map (`dict`, *optional*): the Auto classes of the saved folder's remote code (default: `AUTO_MAP`).
+
+    The earlier names `audio_token_id`, `audio_config` and `audio_qformer_config` (`LEGACY_NAMES`) are accepted for
+    `speech_token_id`, `sound_config` and `sound_qformer_config`, so folders saved with them load.
     """
 
     model_type = "unimoe"
+    attribute_map = dict(LEGACY_NAMES)
     keys_to_ignore_at_inference = ["past_key_values"]
     sub_configs = {
         "text_config": UniMoETextConfig,
         "vision_config": AutoConfig,
         "speech_config": AutoConfig,
-        "audio_config": UniMoEBEATsConfig,
-        "audio_qformer_config": AutoConfig,
+        "sound_config": UniMoEBEATsConfig,
+        "sound_qformer_config": AutoConfig,
     }
     # the language model's MoE settings, also at the top level (from_pretrained(..., output_router_logits=True) too)
     num_experts = _text_config_field("num_experts")
@@ -293,11 +304,11 @@ class UniMoEConfig(PreTrainedConfig):
         text_config: dict | PreTrainedConfig | None = None,
         vision_config: dict | PreTrainedConfig | None = None,
         speech_config: dict | PreTrainedConfig | None = None,
-        audio_config: dict | PreTrainedConfig | None = None,
-        audio_qformer_config: dict | PreTrainedConfig | None = None,
+        sound_config: dict | PreTrainedConfig | None = None,
+        sound_qformer_config: dict | PreTrainedConfig | None = None,
         image_token_id: int | None = None,
         video_token_id: int | None = None,
-        audio_token_id: int | None = None,
+        speech_token_id: int | None = None,
         sound_token_id: int | None = None,
         vision_feature_layer: int = -2,
         projector_hidden_act: str = "gelu",
@@ -313,18 +324,22 @@ class UniMoEConfig(PreTrainedConfig):
     ):
         for key in UNUSED_KEYS:
             kwargs.pop(key, None)
+        legacy = {new: kwargs.pop(old) for old, new in LEGACY_NAMES.items() if old in kwargs}
+        speech_token_id = legacy.get("speech_token_id", speech_token_id)
+        sound_config = legacy.get("sound_config", sound_config)
+        sound_qformer_config = legacy.get("sound_qformer_config", sound_qformer_config)
         self.text_config = _sub_config(
             "text_config", {} if text_config is None else text_config, None, UniMoETextConfig
         )
         self.vision_config = _sub_config("vision_config", vision_config, "clip_vision_model")
         self.speech_config = _sub_config("speech_config", speech_config, "whisper")
-        self.audio_config = _sub_config("audio_config", audio_config, None, UniMoEBEATsConfig)
-        if self.audio_config is not None and audio_qformer_config is None:
-            audio_qformer_config = {"encoder_hidden_size": self.audio_config.encoder_embed_dim, "hidden_size": 768}
-        self.audio_qformer_config = _sub_config("audio_qformer_config", audio_qformer_config, "blip_2_qformer")
+        self.sound_config = _sub_config("sound_config", sound_config, None, UniMoEBEATsConfig)
+        if self.sound_config is not None and sound_qformer_config is None:
+            sound_qformer_config = {"encoder_hidden_size": self.sound_config.encoder_embed_dim, "hidden_size": 768}
+        self.sound_qformer_config = _sub_config("sound_qformer_config", sound_qformer_config, "blip_2_qformer")
         self.image_token_id = image_token_id
         self.video_token_id = video_token_id
-        self.audio_token_id = audio_token_id
+        self.speech_token_id = speech_token_id
         self.sound_token_id = sound_token_id
         self.vision_feature_layer = vision_feature_layer
         self.projector_hidden_act = projector_hidden_act
@@ -455,7 +470,7 @@ def _llama7b(num_experts=4, moe_layers="all", **kwargs):
     }
 
 
-_PLACEHOLDERS_7B = {"image_token_id": 32000, "audio_token_id": 32001, "video_token_id": 32002}
+_PLACEHOLDERS_7B = {"image_token_id": 32000, "speech_token_id": 32001, "video_token_id": 32002}
 
 PRESETS = {
     "uni-moe-speech-4e": {
@@ -467,8 +482,8 @@ PRESETS = {
     "uni-moe-audio-4e": {
         "text_config": _llama7b(moe_layers="even"),
         "vision_config": _CLIP_L_336,
-        "audio_config": {},
-        "audio_qformer_config": _QFORMER_BASE,
+        "sound_config": {},
+        "sound_qformer_config": _QFORMER_BASE,
         "image_token_id": 32000,
         "sound_token_id": 32001,  # the audio variant's `<audio>` placeholder feeds BEATs
         "video_token_id": 32002,
@@ -530,7 +545,7 @@ PRESETS = {
             # embeddings and the query transformer's output barely depends on the audio
             "init_std": 0.1,
         },
-        "audio_config": {
+        "sound_config": {
             "embed_dim": 64,
             "encoder_layers": 2,
             "encoder_embed_dim": 64,
@@ -541,7 +556,7 @@ PRESETS = {
             "num_buckets": 32,
             "max_distance": 128,
         },
-        "audio_qformer_config": {
+        "sound_qformer_config": {
             "model_type": "blip_2_qformer",
             "hidden_size": 64,
             "num_hidden_layers": 2,
@@ -552,7 +567,7 @@ PRESETS = {
         },
         # ids 0-2 are <unk>/<pad>, <s>, </s>; the placeholders follow
         "image_token_id": 3,
-        "audio_token_id": 4,
+        "speech_token_id": 4,
         "video_token_id": 5,
         "sound_token_id": 6,
         "num_video_frames": 8,

@@ -50,7 +50,7 @@ def _beats_activation(name: str):
         return F.relu
     raise ValueError(
         f"BEATs `activation_fn` {name!r} is not supported: use 'gelu' (the released checkpoint) or 'relu' in "
-        "`audio_config`."
+        "`sound_config`."
     )
 
 

@@ -73,7 +73,7 @@ def processor_from_config(config, tokenizer, chat_template=None, **settings) -> 
         return None if token_id is None else tokenizer.convert_ids_to_tokens(int(token_id))
 
     vision, speech = getattr(config, "vision_config", None), getattr(config, "speech_config", None)
-    sound = getattr(config, "audio_config", None)
+    sound = getattr(config, "sound_config", None)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config.text_config
     arguments = dict(
         image_processor=make_clip_image_processor(vision.image_size if vision is not None else 336),
@@ -86,7 +86,7 @@ def processor_from_config(config, tokenizer, chat_template=None, **settings) -> 
         chat_template=chat_template,
         image_token=token_of(config.image_token_id) or "<image>",
         video_token=token_of(config.video_token_id) or "<video>",
-        audio_token=token_of(config.audio_token_id if speech is not None else config.sound_token_id) or "<audio>",
+        audio_token=token_of(config.speech_token_id if speech is not None else config.sound_token_id) or "<audio>",
         sound_token=token_of(config.sound_token_id) if (speech is not None and sound is not None) else None,
         image_seq_length=config.image_seq_length,
         num_video_frames=config.num_video_frames,

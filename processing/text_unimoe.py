@@ -526,7 +526,7 @@ class UniMoEChatTemplateMixin:
                         media = next((block[key] for key in keys if block.get(key) is not None), None)
                         if media is None:
                             continue
-                        if kind == "sound" and "sound" not in self._placeholders and self.audio_path != "sound":
+                        if kind == "sound" and "sound" not in self.audio_paths.values():
                             raise PlaceholderCountError(
                                 "A {'type': 'sound'} block was given, but this model has no sound tower; use an "
                                 "{'type': 'audio'} block for speech."

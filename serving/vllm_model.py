@@ -268,13 +268,7 @@ class UniMoEProcessingInfo(BaseProcessingInfo):
     def audio_paths(self) -> dict[str, str]:
         """The audio modalities and the tower each feeds: `audio` -> "speech" (Whisper) or, in models without a speech
         tower, "sound" (BEATs); `sound` -> "sound" in models with both towers."""
-        processor = self.get_hf_processor()
-        paths = {}
-        if processor.audio_path is not None:
-            paths["audio"] = processor.audio_path
-        if processor.audio_path == "speech" and processor.sound_token_id is not None:
-            paths["sound"] = "sound"
-        return paths
+        return dict(self.get_hf_processor().audio_paths)
 
     def get_supported_mm_limits(self) -> Mapping[str, int | None]:
         processor = self.get_hf_processor()

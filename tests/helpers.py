@@ -33,13 +33,13 @@ def media_prompt(config, seed: int = 0) -> dict:
         inputs["pixel_values"] = torch.randn(1, 3, size, size, generator=generator)
         inputs["pixel_values_videos"] = torch.randn(1, config.num_video_frames, 3, size, size, generator=generator)
     if config.speech_config is not None:
-        ids += [config.audio_token_id] * (2 * config.num_speech_query_tokens) + [24]
+        ids += [config.speech_token_id] * (2 * config.num_speech_query_tokens) + [24]
         inputs["input_features"] = torch.randn(2, config.speech_config.num_mel_bins, 3000, generator=generator)
-    if config.audio_config is not None:
+    if config.sound_config is not None:
         ids += [config.sound_token_id] * (2 * config.num_sound_query_tokens) + [25]
         frames = 2998
         inputs["sound_features"] = 10 + 5 * torch.randn(
-            2, frames, config.audio_config.num_mel_bins, generator=generator
+            2, frames, config.sound_config.num_mel_bins, generator=generator
         )
         mask = torch.ones(2, frames, dtype=torch.long)
         mask[1, 1000:] = 0

@@ -8,7 +8,7 @@ to each expert (the paper's expert preference analysis), and its heat maps.
 `training.evaluate --routing` runs it over the synthetic test split; the demo's experts panel over each prompt it
 answers. The model and processor are any Uni-MoE pair, this package's classes or a Hub folder's remote code: what is
 read from them is public (`config.get_text_config()`'s `moe_layer_indices`, `num_experts` and `num_experts_per_tok`,
-the processor's placeholder token ids and `audio_path`, and the router logits of a forward pass with
+the processor's placeholder token ids and `audio_paths`, and the router logits of a forward pass with
 `output_router_logits=True`: one `[tokens, experts]` tensor per MoE layer).
 
 This module imports nothing of this package (torch, numpy, pillow and matplotlib only): the demo's Space carries it
@@ -42,11 +42,12 @@ def system_prefix_length(processor) -> int:
 
 def token_modalities(processor, input_ids) -> list[str]:
     """The modality of each token id: the image / video / audio / sound placeholders (one position per media token)
-    by their ids, "text" for the rest. `<audio>` counts as the processor's audio path ("speech" or "sound")."""
+    by their ids, "text" for the rest. `<audio>` counts as the tower it feeds (`processor.audio_paths`: "speech" or
+    "sound")."""
     kinds = {
         processor.image_token_id: "image",
         processor.video_token_id: "video",
-        processor.audio_token_id: processor.audio_path,
+        processor.audio_token_id: processor.audio_paths.get("audio"),
         processor.sound_token_id: "sound",
     }
     kinds.pop(None, None)

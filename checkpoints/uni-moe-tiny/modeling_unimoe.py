@@ -115,7 +115,7 @@ def _cache_position(cache, num_tokens: int, device) -> torch.Tensor:
 
 
 # Each tower's name prefix (`vision_tower`, ...) and the config field that builds it.
-TOWER_CONFIGS = {"vision": "vision_config", "speech": "speech_config", "sound": "audio_config"}
+TOWER_CONFIGS = {"vision": "vision_config", "speech": "speech_config", "sound": "sound_config"}
 # The media inputs of the processor (and the training collator); generate() passes them to the prefill step only.
 MEDIA_INPUTS = ("pixel_values", "pixel_values_videos", "input_features", "sound_features", "sound_features_mask")
 
@@ -525,9 +525,9 @@ class UniMoESoundConnector(nn.Module):
 
     def __init__(self, config: UniMoEConfig):
         super().__init__()
-        qformer_hidden = config.audio_qformer_config.hidden_size
+        qformer_hidden = config.sound_qformer_config.hidden_size
         self.query_tokens = nn.Parameter(torch.zeros(1, config.num_sound_query_tokens, qformer_hidden))
-        self.qformer = Blip2QFormerModel(config.audio_qformer_config)
+        self.qformer = Blip2QFormerModel(config.sound_qformer_config)
         self.projector = nn.Linear(qformer_hidden, config.text_config.hidden_size)
 
     def forward(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
@@ -805,8 +805,8 @@ class UniMoEModel(UniMoEPreTrainedModel):
         if config.speech_config is not None:
             self.speech_tower = WhisperEncoder(config.speech_config)
             self.speech_connector = UniMoESpeechConnector(config)
-        if config.audio_config is not None:
-            self.sound_tower = UniMoEBEATsModel(config.audio_config)
+        if config.sound_config is not None:
+            self.sound_tower = UniMoEBEATsModel(config.sound_config)
             self.sound_connector = UniMoESoundConnector(config)
         self.language_model = UniMoETextModel(config.text_config)
         self.post_init()
@@ -927,7 +927,7 @@ class UniMoEModel(UniMoEPreTrainedModel):
     ) -> BaseModelOutputWithPooling:
         """[chunks, frames, 128] kaldi fbank (mask: 1 = real frame) -> `pooler_output` [chunks, num_sound_query_tokens,
         hidden]; `last_hidden_state` is the BEATs encoder's."""
-        tower = self._require("sound_tower", "sound_features", "audio_config")
+        tower = self._require("sound_tower", "sound_features", "sound_config")
         padding_mask = None if sound_features_mask is None else ~sound_features_mask.bool()
         dtype = self.sound_connector.projector.weight.dtype
         hidden_states, _ = tower(sound_features.to(dtype), padding_mask)

@@ -19,7 +19,9 @@ differs slightly.)
 | `<audio>` | `audio`  | `input_features` [chunks, mels, 3000] (Whisper)     | `num_speech_query_tokens` per chunk     |
 | `<sound>` | `sound`  | `sound_features` [chunks, 2998, 128] + mask (BEATs) | `num_sound_query_tokens` per chunk      |
 
-A model without a speech tower (the released BEATs "audio" variant) sends `<audio>` / `audio=` to the sound path. Rows
+Speech is what Whisper hears and sound what BEATs hears; `audio` is transformers' name for the audio argument and
+its `<audio>` placeholder, which feed the speech path, or the sound path in a model without a speech tower (the released
+BEATs "audio" variant). `processor.audio_paths` holds that rule as data, e.g. `{"audio": "speech", "sound": "sound"}`. Rows
 of every media tensor follow the text: all media of sample 0 in text order, then sample 1, and so on. Every input
 problem raises a `UniMoEProcessingError` (a `ValueError`) naming what was received, what was expected and how to fix
 it; its subclasses tell the cases apart.
@@ -256,6 +258,13 @@ class UniMoEProcessor(UniMoEChatTemplateMixin, ProcessorMixin):
         self.image_token_id, self.video_token_id, self.audio_token_id, self.sound_token_id = (
             self._placeholders.get(kind, (None, None))[1] for kind in ("image", "video", "audio", "sound")
         )
+        # the one rule for audio: each audio argument (placeholder) -> the tower it feeds. `<audio>` feeds Whisper
+        # ("speech"), or BEATs ("sound") in a model without a speech tower; `<sound>` feeds BEATs.
+        self.audio_paths = {
+            kind: "speech" if kind == "audio" and num_speech_query_tokens else "sound"
+            for kind in ("audio", "sound")
+            if kind in self._placeholders
+        }
 
     if "legacy_serialization" in inspect.signature(ProcessorMixin.save_pretrained).parameters:  # transformers 4.x
 
@@ -266,13 +275,6 @@ class UniMoEProcessor(UniMoEChatTemplateMixin, ProcessorMixin):
             return super().save_pretrained(
                 save_directory, push_to_hub=push_to_hub, legacy_serialization=legacy_serialization, **kwargs
             )
-
-    @property
-    def audio_path(self) -> str | None:
-        """Where `audio=` / `<audio>` goes: "speech" (Whisper), "sound" (BEATs, no speech tower) or None."""
-        if "audio" not in self._placeholders:
-            return None
-        return "speech" if self.num_speech_query_tokens else "sound"
 
     @property
     def model_input_names(self) -> list[str]:
@@ -337,15 +339,14 @@ class UniMoEProcessor(UniMoEChatTemplateMixin, ProcessorMixin):
                 len(videos), self.num_video_frames, *pixel_values.shape[1:]
             )
             replacements["video"] = [self.image_seq_length] * len(videos)
-        # `<audio>` feeds Whisper, or BEATs in a model without a speech tower (then `sound=` is refused above)
-        sound_kind = "audio" if self.audio_path == "sound" else "sound"
-        for kind in (kind for kind in ("audio", "sound") if given[kind][0]):
-            limit = self._audio_limit(kind == sound_kind, bool(audio_kwargs.get("truncate_sound", False)))
+        for kind in (kind for kind in self.audio_paths if given[kind][0]):
+            sound_path = self.audio_paths[kind] == "sound"
+            limit = self._audio_limit(sound_path, bool(audio_kwargs.get("truncate_sound", False)))
             waves = [
                 load_audio(item, audio_kwargs.get("sampling_rate"), f"{kind} {i}", limit, self.resampler)
                 for i, item in enumerate(given[kind][0])
             ]
-            if kind == sound_kind:
+            if sound_path:
                 out = self.sound_feature_extractor(waves)
                 data["sound_features"], data["sound_features_mask"] = out["sound_features"], out["sound_features_mask"]
                 replacements[kind] = [n * self.num_sound_query_tokens for n in out["sound_chunks"]]
@@ -420,7 +421,7 @@ class UniMoEProcessor(UniMoEChatTemplateMixin, ProcessorMixin):
         """In a model with both a speech and a sound tower, warn about each sample that sends audio to the speech tower
         (`<audio>`) under a question about a sound: nothing in a waveform tells the two apart, so the processor keeps
         what it was given and says how to send it to the sound tower."""
-        if self.audio_path != "speech" or "sound" not in self._placeholders:
+        if self.audio_paths != {"audio": "speech", "sound": "sound"}:
             return
         for index, sample in enumerate(texts):
             if self.audio_token in sample and audio_kind_for_question(sample) == "sound":
@@ -441,7 +442,7 @@ class UniMoEProcessor(UniMoEChatTemplateMixin, ProcessorMixin):
                     "video": "no vision tower",
                     "audio": "no speech or sound tower",
                     "sound": "no separate <sound> placeholder: pass sounds as `audio=`"
-                    if self.audio_path == "sound"
+                    if self.audio_paths.get("audio") == "sound"
                     else "no sound tower",
                 }[kind]
                 raise PlaceholderCountError(

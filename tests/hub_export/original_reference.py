@@ -343,7 +343,7 @@ def hf_inputs(prompt: dict, config: dict) -> dict:
     """The same prompt for the converted model: placeholders expanded into their token ids, standard input names."""
     patches = (CLIP_CFG["image_size"] // CLIP_CFG["patch_size"]) ** 2
     ids, inputs = [], {}
-    audio_key = "audio_token_id" if config.get("audio_token_id") is not None else "sound_token_id"
+    audio_key = "speech_token_id" if config.get("speech_token_id") is not None else "sound_token_id"
     for token in prompt["ids"]:
         if token == IMAGE_INDEX:
             ids += [config["image_token_id"]] * patches
@@ -353,7 +353,7 @@ def hf_inputs(prompt: dict, config: dict) -> dict:
             chunks = prompt["audios"][0].shape[0]
             queries = (
                 config["num_speech_query_tokens"]
-                if audio_key == "audio_token_id"
+                if audio_key == "speech_token_id"
                 else config["num_sound_query_tokens"]
             )
             ids += [config[audio_key]] * (chunks * queries)
@@ -364,6 +364,6 @@ def hf_inputs(prompt: dict, config: dict) -> dict:
     if prompt.get("videos"):
         inputs["pixel_values_videos"] = torch.stack(prompt["videos"])
     if prompt.get("audios"):
-        inputs["input_features" if audio_key == "audio_token_id" else "sound_features"] = prompt["audios"][0]
+        inputs["input_features" if audio_key == "speech_token_id" else "sound_features"] = prompt["audios"][0]
     inputs["input_ids"] = torch.tensor([ids])
     return inputs

@@ -136,7 +136,7 @@ def test_folder_contents(parity):
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"] == AUTO_MAP
     assert config["text_config"]["num_experts"] == 8 and config["text_config"]["vocab_size"] == VOCAB + 3
-    assert (config["image_token_id"], config["audio_token_id"], config["video_token_id"]) == (
+    assert (config["image_token_id"], config["speech_token_id"], config["video_token_id"]) == (
         VOCAB,
         VOCAB + 1,
         VOCAB + 2,

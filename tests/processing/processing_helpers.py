@@ -15,11 +15,11 @@ SR = 16_000
 # The tiny preset without one tower or another (the released variants' shapes, at tiny size)
 VARIANTS = {
     "all": {},
-    "speech_only": dict(audio_config=None, audio_qformer_config=None, sound_token_id=None),
+    "speech_only": dict(sound_config=None, sound_qformer_config=None, sound_token_id=None),
     # the released "audio" variant: BEATs behind `<audio>` (id 4), no Whisper
-    "sound_only": dict(speech_config=None, audio_token_id=None, sound_token_id=4),
+    "sound_only": dict(speech_config=None, speech_token_id=None, sound_token_id=4),
     "vision_only": dict(
-        speech_config=None, audio_config=None, audio_qformer_config=None, audio_token_id=None, sound_token_id=None
+        speech_config=None, sound_config=None, sound_qformer_config=None, speech_token_id=None, sound_token_id=None
     ),
 }
 

@@ -287,7 +287,7 @@ def test_sound_chunk_cap_refuses_or_truncates_when_asked():
 # --- processors of the released variants' shapes ---------------------------------------------------------------------
 def test_sound_only_model_sends_audio_to_beats():
     processor = tiny_processor("sound_only")
-    assert processor.audio_path == "sound" and processor.sound_token is None
+    assert processor.audio_paths == {"audio": "sound"} and processor.sound_token is None
     config = tiny_config("sound_only")
     assert processor.audio_token_id == config.sound_token_id == 4
     batch = processor(
@@ -305,11 +305,12 @@ def test_sound_only_model_sends_audio_to_beats():
 
 def test_speech_only_and_vision_only_models():
     speech = tiny_processor("speech_only")
-    assert speech.audio_path == "speech" and speech.sound_token is None
+    assert speech.audio_paths == {"audio": "speech"} and speech.sound_token is None
     with pytest.raises(PlaceholderCountError, match="no sound tower"):
         speech(text="<audio>", sound=sine(1.0), sampling_rate=SR)
+    assert tiny_processor().audio_paths == {"audio": "speech", "sound": "sound"}
     vision = tiny_processor("vision_only")
-    assert vision.audio_path is None
+    assert vision.audio_paths == {}
     with pytest.raises(PlaceholderCountError, match="no speech or sound tower"):
         vision(text="<audio>", audio=sine(1.0), sampling_rate=SR)
     with pytest.raises(PlaceholderCountError, match="<audio>.*no audio tower"):

@@ -221,7 +221,7 @@ def check_batch(processor, model, batch):
         "video": ("pixel_values_videos", processor.image_seq_length),
         "audio": (
             ("input_features", processor.num_speech_query_tokens)
-            if processor.audio_path == "speech"
+            if processor.audio_paths.get("audio") == "speech"
             else ("sound_features", processor.num_sound_query_tokens)
         ),
         "sound": ("sound_features", processor.num_sound_query_tokens),

@@ -122,11 +122,11 @@ def converted_config(vocab: int) -> UniMoEConfig:
         "tiny",
         text_config=text,
         image_token_id=vocab,
-        audio_token_id=vocab + 1,
+        speech_token_id=vocab + 1,
         video_token_id=vocab + 2,
         sound_token_id=None,
-        audio_config=None,
-        audio_qformer_config=None,
+        sound_config=None,
+        sound_qformer_config=None,
         audio_chunk_seconds=30,
     )
 

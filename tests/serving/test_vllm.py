@@ -122,7 +122,7 @@ def _sound_only_model(folder: Path) -> Path:
 
     tiny = UniMoEForCausalLM.from_pretrained(TINY, dtype=torch.float32)
     config = UniMoEConfig.from_dict(
-        {**tiny.config.to_dict(), "speech_config": None, "audio_token_id": None, "sound_token_id": 4}
+        {**tiny.config.to_dict(), "speech_config": None, "speech_token_id": None, "sound_token_id": 4}
     )
     model = UniMoEForCausalLM(config).eval()
     missing, unexpected = model.load_state_dict(tiny.state_dict(), strict=False)

@@ -55,7 +55,7 @@ def test_routing_report_counts_each_tokens_modality_and_refuses_batches(tiny_mod
 
     # a stand-in processor whose "image" id is an ordinary token to the model: routing reads only these attributes
     processor = SimpleNamespace(image_token_id=7, video_token_id=None, audio_token_id=None, sound_token_id=None,
-                                audio_path=None)  # fmt: skip
+                                audio_paths={})  # fmt: skip
     prompt = {"input_ids": torch.tensor([[1, 7, 7, 9, 10, 11]]), "attention_mask": torch.ones(1, 6, dtype=torch.long)}
     report = routing_report(tiny_model, processor, [prompt, prompt], prefix_length=1)
     text_config = tiny_model.config.get_text_config()

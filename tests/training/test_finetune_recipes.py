@@ -4,6 +4,7 @@ the merged folder they save, loaded as remote code by both pipelines."""
 
 import importlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -37,34 +38,30 @@ LANGUAGE_MODEL_PROJECTION = (
 PROCESSOR_WARNINGS = ("UniMoEProcessor ignores", "should be passed to `apply_chat_template` in `processor_kwargs`")
 
 # Runs a recipe's main(argv) with this package blocked from import (as for a user who has only the Hub folder) and
-# writes what it returns to a JSON file. argv: repository, recipe script, result file, the recipe's arguments.
+# writes what it returns to a JSON file. argv: recipe script, result file, the recipe's arguments. The recipe's folder
+# is on PYTHONPATH (`run_recipe`), as `python script.py` would put it on sys.path.
 RUN_RECIPE = r"""
 import json, os, runpy, sys
-sys.path.insert(0, sys.argv[1])
 from hub_export.check import block_local_package
 block_local_package()
-sys.path.pop(0)
 os.environ["HF_HUB_OFFLINE"] = "1"
-script, result_file = sys.argv[2], sys.argv[3]
-sys.path.insert(0, os.path.dirname(script))
-result = runpy.run_path(script, run_name="recipe")["main"](sys.argv[4:])
+script, result_file = sys.argv[1], sys.argv[2]
+result = runpy.run_path(script, run_name="recipe")["main"](sys.argv[3:])
 with open(result_file, "w") as f:
     json.dump(result, f)
 """
 
 # Loads a saved folder with this package blocked: both pipelines answer an image question, and from_pretrained takes
-# the MoE settings as keyword arguments. argv: repository, folder.
+# the MoE settings as keyword arguments. argv: folder.
 PIPELINES_CHECK = r"""
 import json, os, sys
-sys.path.insert(0, sys.argv[1])
 from hub_export.check import block_local_package
 block_local_package()
-sys.path.pop(0)
 os.environ["HF_HUB_OFFLINE"] = "1"
 from PIL import Image, ImageDraw
 from transformers import AutoModelForCausalLM, pipeline
 
-folder = sys.argv[2]
+folder = sys.argv[1]
 image = Image.new("RGB", (48, 48), "white")
 ImageDraw.Draw(image).rectangle((4, 20, 16, 32), fill="red")
 messages = [{"role": "user", "content": [{"type": "image", "image": image},
@@ -90,9 +87,10 @@ def recipe_module(name: str):
     return importlib.import_module(name)
 
 
-def run_blocked(code: str, *args, cwd) -> subprocess.CompletedProcess:
+def run_blocked(code: str, *args, cwd, pythonpath=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(pythonpath)) if pythonpath else None
     result = subprocess.run(
-        [sys.executable, "-c", code, str(REPO), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600, env=env
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return result
@@ -102,7 +100,7 @@ def run_recipe(script: str, hub_folder: Path, out: Path, steps: int) -> tuple[di
     """(what the recipe's main returns, its stderr)."""
     result_file = out.parent / f"{out.name}.json"
     args = ["--model", hub_folder, "--out", out, "--steps", steps]
-    result = run_blocked(RUN_RECIPE, RECIPES / script, result_file, *args, cwd=out.parent)
+    result = run_blocked(RUN_RECIPE, RECIPES / script, result_file, *args, cwd=out.parent, pythonpath=RECIPES)
     return json.loads(result_file.read_text()), result.stderr
 
 

@@ -44,8 +44,8 @@ def test_invalid_top_level_values():
         UniMoEConfig.from_preset("uni-moe-9e")
     with pytest.raises(ValueError, match=re.escape("`image_token_id` is required when its tower is configured")):
         UniMoEConfig.from_preset("tiny", image_token_id=None)
-    with pytest.raises(ValueError, match=re.escape("`audio_token_id` must be a token id in [0, 512)")):
-        UniMoEConfig.from_preset("tiny", audio_token_id=512)
+    with pytest.raises(ValueError, match=re.escape("`speech_token_id` must be a token id in [0, 512)")):
+        UniMoEConfig.from_preset("tiny", speech_token_id=512)
     distinct = "Placeholder token ids must be distinct, got {'image': 3, 'video': 3, 'speech': 4, 'sound': 6}."
     with pytest.raises(ValueError, match=re.escape(distinct)):
         UniMoEConfig.from_preset("tiny", video_token_id=3)
@@ -70,6 +70,27 @@ def test_config_json_with_unused_connector_keys_loads_without_them(tmp_path, tin
     loaded = UniMoEConfig.from_pretrained(tmp_path)
     assert loaded.to_dict() == tiny_config.to_dict()
     assert not hasattr(loaded, "vision_connector")
+
+
+def test_config_json_with_the_earlier_audio_names_loads_under_speech_and_sound(tmp_path, tiny_config):
+    """Folders saved with `audio_token_id`, `audio_config` and `audio_qformer_config` load with those values as
+    `speech_token_id`, `sound_config` and `sound_qformer_config`; the earlier names still read and set them."""
+    import json
+
+    tiny_config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for old, new in (("audio_token_id", "speech_token_id"), ("audio_config", "sound_config"),
+                     ("audio_qformer_config", "sound_qformer_config")):  # fmt: skip
+        assert old not in saved
+        saved[old] = saved.pop(new)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = UniMoEConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == tiny_config.to_dict()
+    assert type(loaded.sound_config).__name__ == "UniMoEBEATsConfig"
+    assert loaded.audio_token_id == loaded.speech_token_id == 4
+    assert loaded.audio_config is loaded.sound_config
+    loaded.audio_token_id = 7
+    assert loaded.speech_token_id == 7
 
 
 def test_a_new_config_maps_every_auto_class_and_a_loaded_one_keeps_its_map(tmp_path):
@@ -125,7 +146,7 @@ def test_released_presets_have_the_released_parameter_counts(preset, billions):
     if config.speech_config is not None:
         assert counts["speech_tower"] == WHISPER_SMALL_ENCODER
         assert counts["speech_connector"] == WHISPER_SMALL_DECODER + 50 * 768 + 768 * 4096 + 4096
-    if config.audio_config is not None:
+    if config.sound_config is not None:
         assert abs(counts["sound_tower"] / 1e6 - 90) < 0.5  # BEATs iter3+: "90M parameters"
     total = sum(p.numel() for p in model.parameters())
     assert abs(total / 1e9 - billions) < 0.05, total

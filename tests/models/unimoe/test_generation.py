@@ -29,7 +29,7 @@ def test_greedy_with_and_without_cache_all_media(tiny_model):
 
 def test_generation_never_emits_placeholders(tiny_model):
     config = tiny_model.config
-    placeholders = [config.image_token_id, config.video_token_id, config.audio_token_id, config.sound_token_id]
+    placeholders = [config.image_token_id, config.video_token_id, config.speech_token_id, config.sound_token_id]
     with torch.no_grad():
         tiny_model.lm_head.weight[placeholders] += 100.0  # make them the most likely tokens
     out = tiny_model.generate(torch.tensor([[1, 20, 21]]), max_new_tokens=5, do_sample=False)

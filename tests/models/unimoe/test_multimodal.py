@@ -21,7 +21,7 @@ def test_features_land_exactly_on_their_placeholders(tiny_model):
         expected = {
             config.image_token_id: model.get_image_features(inputs["pixel_values"]).pooler_output,
             config.video_token_id: model.get_video_features(inputs["pixel_values_videos"]).pooler_output,
-            config.audio_token_id: model.get_speech_features(inputs["input_features"]).pooler_output,
+            config.speech_token_id: model.get_speech_features(inputs["input_features"]).pooler_output,
             config.sound_token_id: model.get_sound_features(
                 inputs["sound_features"], inputs["sound_features_mask"]
             ).pooler_output,
@@ -168,7 +168,7 @@ def test_placeholders_without_media_are_text_tokens(tiny_model):
 
 
 def test_media_for_a_missing_tower_is_refused():
-    config = UniMoEConfig.from_preset("tiny", speech_config=None, audio_token_id=None)
+    config = UniMoEConfig.from_preset("tiny", speech_config=None, speech_token_id=None)
     model = UniMoEForCausalLM(config).eval()
     assert not hasattr(model.model, "speech_tower")
     with pytest.raises(ValueError, match=re.escape("`input_features` was given, but this model has no speech_tower")):
@@ -180,11 +180,11 @@ def test_absent_modalities_build_no_tower():
         "tiny",
         vision_config=None,
         speech_config=None,
-        audio_config=None,
-        audio_qformer_config=None,
+        sound_config=None,
+        sound_qformer_config=None,
         image_token_id=None,
         video_token_id=None,
-        audio_token_id=None,
+        speech_token_id=None,
         sound_token_id=None,
     )
     model = UniMoEForCausalLM(config)
