@@ -64,7 +64,7 @@ def audio_block_type(processor, audio_is: str, question: str) -> str:
         raise DemoInputError(f"'Audio is' was {audio_is!r}; expected one of {', '.join(AUDIO_CHOICES)}.")
     if not processor.audio_paths:
         raise DemoInputError("This model has no speech or sound tower, so it cannot take audio. Ask without audio.")
-    if processor.sound_token_id is None:  # one audio path: `<audio>` goes to it (Whisper or BEATs)
+    if len(processor.audio_paths) == 1:  # one audio path: `<audio>` goes to it (Whisper or BEATs)
         return "audio"
     if audio_is == "auto":
         audio_is = "speech" if _SPEECH_QUESTION.search(question or "") else "sound"

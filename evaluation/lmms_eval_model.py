@@ -219,11 +219,12 @@ class UniMoE(lmms):
         self._max_length = getattr(text_config, "max_position_embeddings", None)
         has_speech = getattr(self._config, "speech_config", None) is not None
         has_sound = getattr(self._config, "sound_config", None) is not None
-        # a model with one audio tower takes every audio through `audio` blocks (the processor routes them to it)
-        if has_speech and has_sound:
-            self.audio_block = {"speech": "audio", "sound": "sound"}
-        else:
-            self.audio_block = {"speech": "audio", "sound": "audio"}
+        # the block type whose placeholder feeds each audio kind's tower (`processor.audio_paths`); a model with one
+        # audio tower takes every audio through `audio` blocks
+        paths = self.processor.audio_paths
+        self.audio_block = {
+            kind: next((block for block, path in paths.items() if path == kind), "audio") for kind in AUDIO_KINDS
+        }
         eval_logger.info(
             f"uni_moe: {pretrained} on {self._device} (speech tower: {has_speech}, sound tower: {has_sound}), "
             f"batch size {self.batch_size_per_gpu}, max_new_tokens={self.max_new_tokens}, "
