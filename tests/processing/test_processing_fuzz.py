@@ -322,7 +322,10 @@ def run_fuzz(variant: str, max_examples: int) -> collections.Counter:
 
 
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize(("variant", "max_examples"), [("all", 150), ("sound_only", 60)])
+@pytest.mark.parametrize(
+    ("variant", "max_examples"),
+    [("all", 60), ("sound_only", 60), pytest.param("all", 400, marks=pytest.mark.slow, id="all-400-slow")],
+)
 def test_fuzz_processor(variant, max_examples):
     outcomes = run_fuzz(variant, max_examples)
     share = outcomes["valid"] / sum(outcomes.values())

@@ -115,6 +115,7 @@ def _assert_same_weights(a: Path, b: Path, atol: float):
         torch.testing.assert_close(left[key], right[key], rtol=0, atol=atol, msg=key)
 
 
+@pytest.mark.slow
 def test_sigkill_in_stage3_then_resume_gives_the_uninterrupted_weights(workdir):
     straight = _run(workdir, _stage3_recipe(workdir, workdir / "straight"))
     assert straight.returncode == 0, straight.stderr[-3000:]
