@@ -27,6 +27,11 @@ speed (0.9-1.1x, by resampling from a random rate), leading / trailing silence, 
 Sounds and speech are generated at any sampling rate (`sampling_rate=`; by default a random one of `SOUND_RATES`, to
 exercise resampling downstream); `resample` takes any waveform to 16 kHz (`SAMPLING_RATE`), the rate inside the model.
 
+The table describes the standard distribution (`STANDARD`). `distribution="wide"` draws the train, validation and test
+splits from `WIDE` instead: canvases of other sizes, aspects and backgrounds, outlined shapes, videos of other frame
+counts and travel, sounds of 0.4-10 s with other beep lengths, gaps, pitches and loudness, stereo. The `shifted` split
+always draws from `SHIFTED`, whose ranges lie between and beside WIDE's (`training/synthetic_media.py`).
+
 On disk (`write_split`) a split is a JSON list in the original Uni-MoE data layout, media paths relative to the JSON:
 
     {"id": "train-image_color-00000", "task": "image_color", "image": "train/image_color/00000.png",
@@ -56,6 +61,7 @@ from .synthetic_media import (
     SHAPES,
     SHIFTED,
     SOUND_RATES,
+    WIDE,
     _beeps,
     _check_int,
     _check_rate,
@@ -82,6 +88,8 @@ TASKS = (
     "text_add",
 )
 SPLITS = ("train", "validation", "test", "shifted")
+# what the train, validation and test splits draw their media from (the shifted split always draws from SHIFTED)
+DISTRIBUTIONS = ("standard", "wide")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIRECTIONS = ("left", "right", "up", "down")
 
@@ -150,21 +158,25 @@ def make_example(
     *,
     image_size: int | None = None,
     sampling_rate: int | None = None,
+    distribution: str = "standard",
 ) -> dict:
     """One example, as a pure function of its arguments:
 
     `{"id", "task", "split", "index", "modality", "question", "answer"}` plus `"image"` (a PIL RGB image), `"video"`
     (a list of such frames), or `"audio"` (a `(float32 waveform, sampling_rate)` pair: the waveform [samples], or
-    [samples, 2] for the shifted split's stereo sounds) and `"audio_kind"` (`"sound"` or `"speech"`). Images and
-    frames are `IMAGE_SIZE` px squares in the standard splits and of the SHIFTED sizes and aspects in `shifted`,
-    `image_size` x `image_size` when it is given; `sampling_rate=None` picks one of the split's rates at random.
+    [samples, 2] for stereo sounds) and `"audio_kind"` (`"sound"` or `"speech"`). The train, validation and test
+    splits draw from the `distribution`'s ranges ("standard": `STANDARD`, "wide": `WIDE`), the shifted split from
+    `SHIFTED`. Images and frames are `IMAGE_SIZE` px squares in the standard distribution and of the ranges' sizes and
+    aspects otherwise, `image_size` x `image_size` when it is given; `sampling_rate=None` picks one of the ranges'
+    rates at random.
     """
     rng = example_rng(task, split, index, seed)
     if image_size is not None:
         _check_int("image_size", image_size, 32)
     if sampling_rate is not None:
         _check_rate(sampling_rate)
-    shifted = split == "shifted"
+    _check_choice("distribution", distribution, DISTRIBUTIONS)
+    ranges = SHIFTED if split == "shifted" else WIDE if distribution == "wide" else None
     modality, answers = MODALITY[task], ANSWERS[task]
     answer = answers[index % len(answers)]
     example = {
@@ -184,28 +196,28 @@ def make_example(
         }
         name = {"image_color": "color", "image_shape": "kind", "image_count": "count"}[task]
         attributes[name] = NUMBER_WORDS.index(answer) if name == "count" else answer
-        if shifted:
-            example["image"] = _drawn_shapes_image(**attributes, side=image_size, ranges=SHIFTED, rng=rng)
+        if ranges is not None:
+            example["image"] = _drawn_shapes_image(**attributes, side=image_size, ranges=ranges, rng=rng)
         else:
             example["image"] = _shapes_image(**attributes, image_size=image_size or IMAGE_SIZE, rng=rng)
     elif modality == "video":
-        if shifted:
-            example["video"] = _drawn_moving_shape(answer, image_size, SHIFTED, rng)
+        if ranges is not None:
+            example["video"] = _drawn_moving_shape(answer, image_size, ranges, rng)
         else:
             example["video"] = _moving_shape(answer, image_size or IMAGE_SIZE, rng)
     elif modality in ("sound", "speech"):
-        rates = SHIFTED["rates"] if shifted else SOUND_RATES
+        rates = SOUND_RATES if ranges is None else ranges["rates"]
         rate = int(rng.choice(rates)) if sampling_rate is None else int(sampling_rate)
         number = NUMBER_WORDS.index(answer) if answer in NUMBER_WORDS else None
         if task == "sound_beeps":
-            wave = _drawn_beeps(number, rate, SHIFTED, rng) if shifted else _beeps(number, rate, rng)
+            wave = _beeps(number, rate, rng) if ranges is None else _drawn_beeps(number, rate, ranges, rng)
         elif task == "sound_pitch":
             high = answer == "high"
-            wave = _drawn_pitch_tone(high, rate, SHIFTED, rng) if shifted else _pitch_tone(high, rate, rng)
-        elif shifted:
-            wave, example["speaker"] = _drawn_speech(number, split, rate, SHIFTED, rng)
-        else:
+            wave = _pitch_tone(high, rate, rng) if ranges is None else _drawn_pitch_tone(high, rate, ranges, rng)
+        elif ranges is None:
             wave, example["speaker"] = _speech(number, split, rate, rng)
+        else:
+            wave, example["speaker"] = _drawn_speech(number, split, rate, ranges, rng)
         example["audio"], example["audio_kind"] = (wave, rate), modality
     else:
         total = NUMBER_WORDS.index(answer)
@@ -239,9 +251,11 @@ def write_split(
     tasks=TASKS,
     image_size: int | None = None,
     sampling_rate: int | None = None,
+    distribution: str = "standard",
 ) -> Path:
     """Write `n_per_task` examples (indices 0..n-1) of each task to `out_dir/<split>/<task>/<index>.(png|mp4|wav)`
-    and `out_dir/<split>.json` (the original layout, paths relative to out_dir). Returns the JSON's path."""
+    and `out_dir/<split>.json` (the original layout, paths relative to out_dir), drawn from `distribution` (see
+    `make_example`). Returns the JSON's path."""
     import soundfile
 
     _check_choice("split", split, SPLITS)
@@ -251,7 +265,8 @@ def write_split(
         raise ValueError(f"tasks is empty; expected some of {', '.join(TASKS)}.")
     for task in tasks:
         _check_choice("task", task, TASKS)
-    make_example(tasks[0], split, 0, seed, image_size=image_size, sampling_rate=sampling_rate)  # checks the rest
+    options = dict(image_size=image_size, sampling_rate=sampling_rate, distribution=distribution)
+    make_example(tasks[0], split, 0, seed, **options)  # checks the rest
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
@@ -259,7 +274,7 @@ def write_split(
         if MODALITY[task] != "text":
             (out_dir / split / task).mkdir(parents=True, exist_ok=True)
         for index in range(n_per_task):
-            example = make_example(task, split, index, seed, image_size=image_size, sampling_rate=sampling_rate)
+            example = make_example(task, split, index, seed, **options)
             modality = example["modality"]
             record = {"id": example["id"], "task": task}
             if modality != "text":

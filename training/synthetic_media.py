@@ -1,9 +1,10 @@
 # Copyright 2026 The uni-moe developers. Licensed under the Apache License, Version 2.0.
 """The synthetic task suite's media (`training/synthetic.py` makes the examples): the parameter ranges of the standard
-and the shifted splits, and seeded generators of shapes, moving shapes, beeps, tones and spoken digits.
+and wide distributions and of the shifted split, and seeded generators of shapes, moving shapes, beeps, tones and
+spoken digits.
 
-The standard splits' generators (`_beeps`, `_pitch_tone`, `_speech`, `_shapes_image`, `_moving_shape`) draw from
-`STANDARD`; the shifted split's (`_drawn_*`) take a ranges dict (`SHIFTED`) and draw every parameter from it.
+The standard distribution's generators (`_beeps`, `_pitch_tone`, `_speech`, `_shapes_image`, `_moving_shape`) draw
+from `STANDARD`; the others (`_drawn_*`) take a ranges dict (`WIDE` or `SHIFTED`) and draw every parameter from it.
 """
 
 from functools import cache
@@ -73,6 +74,44 @@ SHIFTED = {
     "speech_gain": ((0.15, 0.28), (0.96, 1.0)),
     "speech_noise": ((0.012, 0.02),),
 }
+# A wider training distribution (`distribution="wide"` of the train, validation and test splits): the kinds of
+# variation SHIFTED shows. Its ranges lie beside SHIFTED's (and around them, so that the shifted split asks for
+# interpolation, except for noise, which stays below SHIFTED's: quiet beeps in strong noise are not countable) for the
+# parameters a model must generalise over: shape sizes, travel, beep and gap lengths, pitches, loudness, noise, tone
+# lengths, speech speed and level. They overlap SHIFTED's (`SHARED_WITH_SHIFTED`) for what the
+# processor normalises (canvas sizes and aspects: resized and centre-cropped; frame counts: sampled to a fixed number;
+# stereo: averaged; a sound's whole length: cut into chunks) and for the looks of canvas and shapes (backgrounds, pixel
+# noise, outline widths), which training has to show at all.
+WIDE = {
+    "canvas": ((40, 400),),
+    "aspect": ((0.67, 1.5),),
+    "shape": ((0.08, 0.115), (0.205, 0.455), (0.525, 0.6)),
+    "background": ("white", "grey", "tint"),
+    "grey": ((170, 250),),
+    "tint": ((0.7, 0.95),),
+    "pixel_noise": ((0.0, 10.0),),
+    "outline": ((0.08, 0.3),),
+    "video_canvas": ((40, 256),),
+    "frames": ((8, 40),),
+    "travel": ((0.2, 0.245), (0.385, 0.565), (0.685, 0.72)),
+    "video_shape": ((0.08, 0.115), (0.205, 0.315), (0.365, 0.4)),
+    "rates": STANDARD["rates"],
+    "stereo": 0.5,
+    "seconds": ((0.4, 10.0),),
+    "beep": ((0.025, 0.034), (0.075, 0.155), (0.36, 0.45)),
+    "gap": ((0.04, 0.055), (0.19, 0.41), (1.25, 1.5)),
+    "beep_hz": ((200.0, 245.0), (385.0, 1640.0), (2550.0, 3000.0)),
+    "amplitude": ((0.07, 0.095), (0.29, 0.91)),
+    "noise": ((0.0, 0.011),),
+    "tone": ((0.05, 0.095), (0.56, 0.94), (5.1, 6.0)),
+    "high_hz": ((1500.0, 3040.0), (4010.0, 5000.0)),
+    "low_hz": ((70.0, 95.0), (150.0, 400.0)),
+    "speed": ((0.75, 0.81), (0.89, 1.11), (1.19, 1.25)),
+    "speech_gain": ((0.1, 0.14), (0.29, 0.95)),
+    "speech_noise": ((0.0, 0.011),),
+}
+SHARED_WITH_SHIFTED = ("canvas", "aspect", "background", "grey", "tint", "pixel_noise", "outline", "video_canvas",
+                       "frames", "stereo", "seconds")  # fmt: skip
 SOUND_RATES = STANDARD["rates"]  # the rates of the standard splits' sounds when none is asked for
 IMAGE_SIZE = STANDARD["canvas"][0][0]  # the standard splits' images and video frames are IMAGE_SIZE px squares
 NUM_VIDEO_FRAMES = STANDARD["frames"][0][0]

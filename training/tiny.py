@@ -4,6 +4,7 @@
     python -m modeling_unimoe.training.tiny                      # -> build/uni-moe-tiny/
     python -m modeling_unimoe.training.tiny --evaluate           # then the test-split accuracy table
     python -m modeling_unimoe.training.tiny --out checkpoints/uni-moe-tiny   # replaces the checked-in model
+    python -m modeling_unimoe.training.tiny --distribution wide --work build/tiny-wide --out build/uni-moe-tiny-wide
 
 Writes the synthetic data once (seeded) under `build/tiny/data` (`TRAIN_PER_TASK`: the vision, sound and speech
 experts get more examples than stages 1 and 3 read), runs recipes/tiny/stage{1,2,3}.yaml (stage outputs
@@ -38,7 +39,7 @@ import yaml
 
 from hub_export.output import OutputFolderError, atomic_output_dir, check_output_dir
 
-from .synthetic import MODALITY, TASKS, write_split
+from .synthetic import DISTRIBUTIONS, MODALITY, TASKS, write_split
 from .train import load_recipe, run_stage
 
 
@@ -47,14 +48,22 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 # sound experts on all of them; stages 1 and 3 read fewer: `data.max_per_task` in their recipes)
 TRAIN_PER_TASK = {"image": 600, "image_shape": 2400, "image_count": 2400, "video": 1200, "text": 600, "speech": 1200,
                   "sound": 600, "sound_beeps": 2400}  # fmt: skip
+# `--distribution wide` (synthetic.WIDE): its wider ranges need more videos and tones than the standard ones (with the
+# standard amounts, video direction and tone pitch stayed at chance)
+WIDE_TRAIN_PER_TASK = {"video": 2400, "sound_pitch": 1200}
+WIDE_OVERRIDES = (
+    "stage1.data.max_per_task.video_direction=1200",
+    "stage2.experts.vision.data.max_per_task.video_direction=2400",
+    "stage2.experts.sound.data.max_per_task.sound_pitch=1200",
+)
 TEST_PER_TASK = 50
 DEFAULT_OUT = "build/uni-moe-tiny"  # the checked-in model, checkpoints/uni-moe-tiny, is replaced only when named
 
 
-def _write_task(data: Path, task: str, size: int, seed: int) -> list[dict]:
+def _write_task(data: Path, task: str, size: int, seed: int, distribution: str) -> list[dict]:
     """One task's training examples under `data/task/`, its records with paths relative to `data`."""
     part = data / task
-    write_split(part, "train", size, seed, tasks=[task])
+    write_split(part, "train", size, seed, tasks=[task], distribution=distribution)
     records = json.loads((part / "train.json").read_text())
     for record in records:
         for key in ("image", "video", "voice"):
@@ -64,25 +73,38 @@ def _write_task(data: Path, task: str, size: int, seed: int) -> list[dict]:
 
 
 def write_data(data: Path, seed: int = 0, train_per_task=None, test_per_task: int = TEST_PER_TASK, workers: int = 1,
-               log=print):  # fmt: skip
-    """build/tiny/data/{train,test}.json (+ media), written once: each task in its own folder (tasks have their own
-    sizes), `workers` tasks at a time, merged into one JSON with paths relative to `data`."""
+               log=print, distribution: str = "standard"):  # fmt: skip
+    """build/tiny/data/{train,test}.json (+ media) of `distribution` (named in `data/distribution.txt`), written once:
+    each task in its own folder (tasks have their own sizes), `workers` tasks at a time, merged into one JSON with
+    paths relative to `data`. A folder written for another distribution is refused."""
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"Unknown distribution {distribution!r}; expected one of {', '.join(DISTRIBUTIONS)}.")
     train_per_task = {**TRAIN_PER_TASK, **(train_per_task or {})}
     data = Path(data)
+    marker = data / "distribution.txt"
+    if data.is_dir() and any(data.iterdir()):
+        found = marker.read_text().strip() if marker.is_file() else "standard"
+        if found != distribution:
+            raise ValueError(
+                f"{data} holds data of the {found!r} distribution, but {distribution!r} was asked for. Pass another "
+                f"--work folder, or delete {data} to write it again."
+            )
+    data.mkdir(parents=True, exist_ok=True)
+    marker.write_text(distribution + "\n")
     if not (data / "train.json").is_file():
         start = time.time()
         sizes = {task: train_per_task.get(task, train_per_task[MODALITY[task]]) for task in TASKS}
         order = sorted(TASKS, key=lambda task: -sizes[task])  # the largest first
         # forked, not spawned: a fresh worker would spend ~10 s importing torch; nothing has run threads here yet
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            futures = {task: pool.submit(_write_task, data, task, sizes[task], seed) for task in order}
+            futures = {task: pool.submit(_write_task, data, task, sizes[task], seed, distribution) for task in order}
             parts = {task: future.result() for task, future in futures.items()}
         records = [record for task in TASKS for record in parts[task]]
         (data / "train.json").write_text(json.dumps(records, indent=1) + "\n")
         log(f"[data] train: {len(records)} records in {time.time() - start:.1f} s")
     if not (data / "test.json").is_file():
         start = time.time()
-        write_split(data, "test", test_per_task, seed)
+        write_split(data, "test", test_per_task, seed, distribution=distribution)
         log(f"[data] test: {test_per_task} per task in {time.time() - start:.1f} s")
     return data
 
@@ -149,15 +171,18 @@ def export(stage3: Path, out: Path) -> Path:
     return out
 
 
-def run(out=DEFAULT_OUT, work="build/tiny", seed=0, overrides=(), evaluate=False, workers=None, log=print) -> dict:
+def run(out=DEFAULT_OUT, work="build/tiny", seed=0, overrides=(), evaluate=False, workers=None, log=print,
+        distribution="standard") -> dict:  # fmt: skip
     work, out = Path(work), Path(out)
     check_output_dir(out, overwrite=True)  # refuse a folder that is not ours now, not after the training
     workers = workers or os.cpu_count() or 1
+    wide = distribution == "wide"
     times = {}
     start = time.time()
-    write_data(work / "data", seed, workers=workers, log=log)
+    write_data(work / "data", seed, WIDE_TRAIN_PER_TASK if wide else None, workers=workers, log=log,
+               distribution=distribution)  # fmt: skip
     times["data"] = time.time() - start
-    for recipe in stage_recipes(work, overrides=overrides):
+    for recipe in stage_recipes(work, overrides=(*WIDE_OVERRIDES, *overrides) if wide else overrides):
         begin = time.time()
         if recipe["stage"] in (2, 3):
             shutil.rmtree(recipe["output_dir"], ignore_errors=True)  # fresh checkpoints: no stale resume
@@ -193,11 +218,19 @@ def main(argv=None):
     parser.add_argument("--evaluate", action="store_true", help="evaluate the exported folder on the test split")
     parser.add_argument("--workers", type=int, default=None, help="stage-2 experts trained at once (default: cores)")
     parser.add_argument(
+        "--distribution",
+        default="standard",
+        choices=DISTRIBUTIONS,
+        help="what the training and test media are drawn from (synthetic.STANDARD or the wider synthetic.WIDE)",
+    )
+    parser.add_argument(
         "overrides", nargs="*", help="stageN.dotted.key=value, e.g. stage1.training.num_train_epochs=3"
     )
     args = parser.parse_args(argv)
     try:
-        run(args.out, args.work, args.seed, args.overrides, args.evaluate, args.workers)
+        run(
+            args.out, args.work, args.seed, args.overrides, args.evaluate, args.workers, distribution=args.distribution
+        )
     except OutputFolderError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,9 +1,11 @@
 """Training: the collator's label masks, per-stage freezing, the stage-3 MoE assembly, recipes and grouping."""
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from modeling_unimoe import UniMoEConfig, UniMoEForCausalLM
 from modeling_unimoe.processing.export import build_processor, build_tiny_processor_tokenizer
@@ -323,3 +325,21 @@ def test_cached_frozen_towers_give_the_same_outputs_and_restore_the_towers():
     assert torch.equal(first, reference) and torch.equal(second, reference)
     assert type(model.model.sound_tower).__name__ == "UniMoEBEATsModel"
     assert type(model.model.vision_tower).__name__ == "CLIPVisionModel"
+
+
+def test_tiny_data_of_the_wide_distribution_and_a_folder_of_another_refused(tmp_path):
+    from modeling_unimoe.training import tiny
+
+    sizes = {name: 2 for name in tiny.TRAIN_PER_TASK}
+    data = tiny.write_data(tmp_path / "data", train_per_task=sizes, test_per_task=2, log=lambda _: None,
+                           distribution="wide")  # fmt: skip
+    assert (data / "distribution.txt").read_text() == "wide\n"
+    records = {record["id"]: record for record in load_split(data, "train", absolute_paths=False)}
+    assert len(records) == 2 * len(TASKS)
+    image = Image.open(data / records["train-image_shape-00001"]["image"])
+    assert image.size == make_example("image_shape", "train", 1, distribution="wide")["image"].size != (64, 64)
+    message = f"{data} holds data of the 'wide' distribution, but 'standard' was asked for."
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tiny.write_data(data, train_per_task=sizes, test_per_task=2, log=lambda _: None)
+    with pytest.raises(ValueError, match=re.escape("Unknown distribution 'narrow'; expected one of standard, wide.")):
+        tiny.write_data(tmp_path / "other", distribution="narrow")
