@@ -213,7 +213,7 @@ def test_tiny_training_writes_to_build_by_default(monkeypatch):
     from modeling_unimoe.training import tiny
 
     calls = []
-    monkeypatch.setattr(tiny, "run", lambda out, *args: calls.append(out))
+    monkeypatch.setattr(tiny, "run", lambda out, *args, **kwargs: calls.append(out))
     assert tiny.main([]) == 0
     assert calls == ["build/uni-moe-tiny"]
 
