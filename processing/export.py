@@ -129,8 +129,8 @@ def build_tiny_processor_tokenizer(config):
     for modality, token_id in config.placeholder_token_ids.items():
         if tokenizer.convert_ids_to_tokens(token_id) not in placeholders:
             raise ValueError(
-                f"The {modality} placeholder id {token_id} is {tokenizer.convert_ids_to_tokens(token_id)!r} in the tiny tokenizer, "
-                f"not one of the placeholders {sorted(placeholders)} (ids 3..6)."
+                f"The {modality} placeholder id {token_id} is {tokenizer.convert_ids_to_tokens(token_id)!r} in the tiny "
+                f"tokenizer, not one of the placeholders {sorted(placeholders)} (ids 3..6)."
             )
     return tokenizer
 

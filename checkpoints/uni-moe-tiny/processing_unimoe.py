@@ -19,10 +19,11 @@ differs slightly.)
 | `<audio>` | `audio`  | `input_features` [chunks, mels, 3000] (Whisper)     | `num_speech_query_tokens` per chunk     |
 | `<sound>` | `sound`  | `sound_features` [chunks, 2998, 128] + mask (BEATs) | `num_sound_query_tokens` per chunk      |
 
-Speech is what Whisper hears and sound what BEATs hears; `audio` is transformers' name for the audio argument and
-its `<audio>` placeholder, which feed the speech path, or the sound path in a model without a speech tower (the released
-BEATs "audio" variant). `processor.audio_paths` holds that rule as data, e.g. `{"audio": "speech", "sound": "sound"}`. Rows
-of every media tensor follow the text: all media of sample 0 in text order, then sample 1, and so on. Every input
+Speech is what Whisper hears and sound what BEATs hears. `audio` is transformers' name for the audio argument; it and
+its `<audio>` placeholder feed the speech path, or the sound path in a model without a speech tower (the released BEATs
+"audio" variant). `processor.audio_paths` holds that rule as data, e.g. `{"audio": "speech", "sound": "sound"}`.
+
+Rows of every media tensor follow the text: all media of sample 0 in text order, then sample 1, and so on. Every input
 problem raises a `UniMoEProcessingError` (a `ValueError`) naming what was received, what was expected and how to fix
 it; its subclasses tell the cases apart.
 """
