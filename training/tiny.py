@@ -83,7 +83,7 @@ def write_data(data: Path, seed: int = 0, train_per_task=None, test_per_task: in
     train_per_task = {**TRAIN_PER_TASK, **(train_per_task or {})}
     data = Path(data)
     marker = data / "distribution.txt"
-    if data.is_dir() and any(data.iterdir()):
+    if (data / "train.json").is_file() or (data / "test.json").is_file():
         found = marker.read_text().strip() if marker.is_file() else "standard"
         if found != distribution:
             raise ValueError(
