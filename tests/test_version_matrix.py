@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -76,32 +77,42 @@ def run_checks(python: Path, version: str) -> dict:
     return report
 
 
+def report_of(version: str) -> dict | Exception:
+    """The version's report, or the error that stopped it."""
+    try:
+        python, created = (Path(sys.executable), None) if version == MAIN else ensure_venv(version)
+        report = run_checks(python, version)
+    except (MatrixError, VenvError) as error:
+        return error
+    report["venv_seconds"] = created
+    return report
+
+
 @pytest.fixture(scope="module")
-def matrix():
-    """version -> its report (or the error that stopped it), each made on first use; a version x check table
-    is written to build/compat/matrix.md at the end."""
-    reports = {}
+def matrix(request):
+    """version -> its report (or the error that stopped it). The selected versions run two at a time (each run is one
+    process that mostly imports) from the first use on; a version x check table is written to build/compat/matrix.md
+    at the end."""
+    selected = {item.callspec.params["version"] for item in request.session.items
+                if item.originalname == "test_check" and hasattr(item, "callspec")}  # fmt: skip
+    pool, futures = ThreadPoolExecutor(max_workers=2), {}
 
     def get(version: str) -> dict:
-        if version not in reports:
-            try:
-                if version == MAIN:
-                    python, created = Path(sys.executable), None
-                else:
-                    python, created = ensure_venv(version)
-                reports[version] = run_checks(python, version)
-                reports[version]["venv_seconds"] = created
-            except (MatrixError, VenvError) as error:
-                reports[version] = error
-        if isinstance(reports[version], Exception):
+        if not futures:  # the reference too: every other version is compared with it
+            futures.update({v: pool.submit(report_of, v) for v in VERSIONS if v in selected | {version, MAIN}})
+        if version not in futures:
+            futures[version] = pool.submit(report_of, version)
+        report = futures[version].result()
+        if isinstance(report, Exception):
             role = " (the reference)" if version == MAIN else ""
-            pytest.fail(f"transformers {version}{role}: {reports[version]}", pytrace=False)
-        return reports[version]
+            pytest.fail(f"transformers {version}{role}: {report}", pytrace=False)
+        return report
 
     yield get
-    if reports:
+    pool.shutdown(wait=True)
+    if futures:
         REPORTS.mkdir(parents=True, exist_ok=True)
-        (REPORTS / "matrix.md").write_text(results_table(reports))
+        (REPORTS / "matrix.md").write_text(results_table({v: future.result() for v, future in futures.items()}))
 
 
 def results_table(reports: dict) -> str:

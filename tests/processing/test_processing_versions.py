@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -92,9 +93,22 @@ def dump(python, folder, media, out, converted):
 
 
 @pytest.fixture(scope="module")
-def reference(folder, media, converted, tmp_path_factory):
+def dumps(folder, media, converted, tmp_path_factory):
+    """Every interpreter's dump, two at a time (each is one process that mostly imports): the main interpreter's under
+    "main", the others under their venv's name. Values are futures of `dump`'s result."""
+    pythons = {"main": Path(sys.executable), **{venv.name: venv / "bin" / "python" for venv in VENVS}}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {
+            name: pool.submit(dump, python, folder, media, tmp_path_factory.mktemp(f"dump-{name}"), converted)
+            for name, python in pythons.items()
+        }
+        yield futures
+
+
+@pytest.fixture(scope="module")
+def reference(dumps):
     """The main interpreter's dump (the pinned transformers): the values every other version must reproduce."""
-    arrays, report = dump(sys.executable, folder, media, tmp_path_factory.mktemp("dump-main"), converted)
+    arrays, report = dumps["main"].result()
     # within one interpreter: the save_pretrained + AutoProcessor round trip gives the same inputs
     for key in [k for k in arrays if k.startswith("chat_paths/")]:
         np.testing.assert_array_equal(arrays[key], arrays["roundtrip/" + key.split("/", 1)[1]])
@@ -103,11 +117,11 @@ def reference(folder, media, converted, tmp_path_factory):
 
 
 @pytest.mark.parametrize("venv", VENVS or [None], ids=[path.name for path in VENVS] or ["none"])
-def test_processor_outputs_equal_across_transformers_versions(venv, folder, media, converted, reference, tmp_path):
+def test_processor_outputs_equal_across_transformers_versions(venv, dumps, reference):
     if venv is None:
         pytest.skip("no interpreters under build/venvs/tf-*/ (one venv per transformers version to compare)")
     expected_arrays, expected = reference
-    arrays, report = dump(venv / "bin" / "python", folder, media, tmp_path, converted)
+    arrays, report = dumps[venv.name].result()
     versions = report["versions"]
     assert sorted(arrays) == sorted(expected_arrays), versions
     different = []
