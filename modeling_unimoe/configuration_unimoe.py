@@ -40,8 +40,8 @@ AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_unimoe.UniMoEForCausalLM",
     "AutoModelForImageTextToText": "modeling_unimoe.UniMoEForCausalLM",
 }
-# Earlier names of three fields, from before the model named its two audio paths speech (Whisper) and sound (BEATs)
-# everywhere: a config.json that uses them loads, and they stay readable and settable as attributes.
+# Other names of three fields, found in config.json files saved by earlier versions of this file: such a file loads, and
+# the names stay readable and settable as attributes.
 LEGACY_NAMES = {
     "audio_token_id": "speech_token_id",
     "audio_config": "sound_config",
