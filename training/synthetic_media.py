@@ -75,13 +75,13 @@ SHIFTED = {
     "speech_noise": ((0.012, 0.02),),
 }
 # A wider training distribution (`distribution="wide"` of the train, validation and test splits): the kinds of
-# variation SHIFTED shows. Its ranges lie beside SHIFTED's (and around them, so that the shifted split asks for
-# interpolation, except for noise, which stays below SHIFTED's: quiet beeps in strong noise are not countable) for the
-# parameters a model must generalise over: shape sizes, travel, beep and gap lengths, pitches, loudness, noise, tone
-# lengths, speech speed and level. They overlap SHIFTED's (`SHARED_WITH_SHIFTED`) for what the
-# processor normalises (canvas sizes and aspects: resized and centre-cropped; frame counts: sampled to a fixed number;
-# stereo: averaged; a sound's whole length: cut into chunks) and for the looks of canvas and shapes (backgrounds, pixel
-# noise, outline widths), which training has to show at all.
+# variation SHIFTED shows. For the parameters a model must generalise over (shape sizes, travel, beep and gap lengths,
+# pitches, loudness, noise, tone lengths, speech speed and level) its ranges lie beside SHIFTED's and around them, so
+# that the shifted split asks for interpolation; only noise stays below SHIFTED's (quiet beeps in strong noise cannot
+# be counted). They overlap SHIFTED's (`SHARED_WITH_SHIFTED`) for what the processor normalises (canvas sizes and
+# aspects: resized and centre-cropped; frame counts: sampled to a fixed number; stereo: averaged; a sound's whole
+# length: cut into chunks) and for the looks of canvas and shapes (backgrounds, pixel noise, outline widths), which
+# training has to show at all.
 WIDE = {
     "canvas": ((40, 400),),
     "aspect": ((0.67, 1.5),),
