@@ -113,6 +113,20 @@ QUESTIONS = {
     "speech_digit": "What number is said?",
     "text_add": "What is {a} plus {b}?",
 }
+# Other wordings of each question: the wide distribution's splits ask one of QUESTIONS + PHRASINGS at random; the
+# standard splits and the shifted split ask QUESTIONS'. Sound questions name the beeps / tone and speech questions what
+# is said, so that `processing.text_unimoe.audio_kind_for_question` tells them apart.
+PHRASINGS = {
+    "image_color": ("Which color is the shape?", "What color is it?", "Tell me the color of the shape."),
+    "image_shape": ("Which shape is this?", "What shape do you see?", "Name the shape."),
+    "image_count": ("How many shapes do you see?", "Count the shapes.", "How many shapes are in the picture?"),
+    "video_direction": ("Where does the shape go?", "In which direction does the shape move?",
+                        "Which way is the shape moving?"),  # fmt: skip
+    "sound_beeps": ("How many beeps do you hear?", "Count the beeps.", "How many beeps does the sound have?"),
+    "sound_pitch": ("Is this tone high or low?", "Is the pitch high or low?", "Is the tone low or high?"),
+    "speech_digit": ("Which number is said?", "What digit do you hear?", "What number does the speaker say?"),
+    "text_add": ("What does {a} plus {b} make?", "Add {a} and {b}.", "What is the sum of {a} and {b}?"),
+}
 MODALITY = {
     "image_color": "image",
     "image_shape": "image",
@@ -166,7 +180,8 @@ def make_example(
     (a list of such frames), or `"audio"` (a `(float32 waveform, sampling_rate)` pair: the waveform [samples], or
     [samples, 2] for stereo sounds) and `"audio_kind"` (`"sound"` or `"speech"`). The train, validation and test
     splits draw from the `distribution`'s ranges ("standard": `STANDARD`, "wide": `WIDE`), the shifted split from
-    `SHIFTED`. Images and frames are `IMAGE_SIZE` px squares in the standard distribution and of the ranges' sizes and
+    `SHIFTED`; the wide distribution's splits also word the question in one of `PHRASINGS`' ways or as
+    `QUESTIONS`. Images and frames are `IMAGE_SIZE` px squares in the standard distribution and of the ranges' sizes and
     aspects otherwise, `image_size` x `image_size` when it is given; `sampling_rate=None` picks one of the ranges'
     rates at random.
     """
@@ -223,6 +238,9 @@ def make_example(
         total = NUMBER_WORDS.index(answer)
         a = int(rng.integers(0, total + 1))
         example["question"] = QUESTIONS[task].format(a=a, b=total - a)
+    if distribution == "wide" and split != "shifted":  # drawn last: the media do not depend on the wording
+        wording = str(rng.choice((QUESTIONS[task], *PHRASINGS[task])))
+        example["question"] = wording.format(a=a, b=total - a) if task == "text_add" else wording
     return example
 
 

@@ -13,7 +13,9 @@ from PIL import Image
 
 from modeling_unimoe.training.synthetic import (
     ANSWERS,
+    MODALITY,
     NUMBER_WORDS,
+    PHRASINGS,
     QUESTIONS,
     SPLITS,
     TASKS,
@@ -135,6 +137,31 @@ def test_tasks_questions_and_answer_vocabularies():
             assert re.fullmatch("[a-z]+", answer) and normalize_answer(answer) == answer
         answers = [make_example(task, "validation", i)["answer"] for i in range(2 * len(ANSWERS[task]))]
         assert answers == 2 * list(ANSWERS[task])  # every answer, balanced
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_wide_splits_word_questions_several_ways_and_the_others_one(task):
+    from modeling_unimoe.processing.text_unimoe import audio_kind_for_question
+
+    def template(question):  # text_add's wordings carry their numbers
+        return re.sub(r"\b\d\b", "{n}", question)
+
+    wordings = {template(q.format(a=0, b=0)) for q in (QUESTIONS[task], *PHRASINGS[task])}
+    assert len(wordings) == 4
+    wide = [make_example(task, "train", i, distribution="wide") for i in range(40)]
+    asked = {template(example["question"]) for example in wide}
+    assert asked == wordings  # every wording, and no other
+    for split in ("train", "shifted"):
+        for example in (make_example(task, split, i) for i in range(8)):
+            assert template(example["question"]) == template(QUESTIONS[task].format(a=0, b=0))
+    for example in (make_example(task, "shifted", i, distribution="wide") for i in range(8)):
+        assert template(example["question"]) == template(QUESTIONS[task].format(a=0, b=0))
+    if MODALITY[task] in ("sound", "speech"):  # the processor's audio-kind rule reads every wording right
+        assert {audio_kind_for_question(q) for q in (QUESTIONS[task], *PHRASINGS[task])} == {MODALITY[task]}
+    if task == "text_add":
+        for example in wide:
+            a, b = map(int, re.findall(r"\d", example["question"]))
+            assert NUMBER_WORDS[a + b] == example["answer"]
 
 
 def test_normalize_answer_and_exact_match():
