@@ -29,8 +29,9 @@ exercise resampling downstream); `resample` takes any waveform to 16 kHz (`SAMPL
 
 The table describes the standard distribution (`STANDARD`). `distribution="wide"` draws the train, validation and test
 splits from `WIDE` instead: canvases of other sizes, aspects and backgrounds, outlined shapes, videos of other frame
-counts and travel, sounds of 0.4-10 s with other beep lengths, gaps, pitches and loudness, stereo. The `shifted` split
-always draws from `SHIFTED`, whose ranges lie between and beside WIDE's (`training/synthetic_media.py`).
+counts and travel, sounds of 0.4-10 s with other beep lengths, gaps, pitches and loudness, stereo; a beep sound's length
+is drawn before its beeps, so that a long sound holds any count alike. The `shifted` split always draws from
+`SHIFTED`, whose ranges lie between and beside WIDE's (`training/synthetic_media.py`).
 
 On disk (`write_split`) a split is a JSON list in the original Uni-MoE data layout, media paths relative to the JSON:
 

@@ -62,6 +62,7 @@ SHIFTED = {
     "rates": (11025, 12000, 24000, 32000, 48000),
     "stereo": 0.5,  # the share of two-channel sounds
     "seconds": ((0.5, 1.9), (3.1, 10.0)),  # a sound's whole length, drawn log-uniformly
+    "length_first": False,  # a beep sound's length is drawn after its beeps, among those that hold them
     "beep": ((0.035, 0.07), (0.16, 0.35)),
     "gap": ((0.06, 0.18), (0.42, 1.2)),
     "beep_hz": ((250.0, 380.0), (1650.0, 2500.0)),
@@ -98,6 +99,7 @@ WIDE = {
     "rates": STANDARD["rates"],
     "stereo": 0.5,
     "seconds": ((0.4, 10.0),),
+    "length_first": True,  # a beep sound's length is drawn before its beeps: a model cannot count beeps by length
     "beep": ((0.025, 0.034), (0.075, 0.155), (0.36, 0.45)),
     "gap": ((0.04, 0.055), (0.19, 0.41), (1.25, 1.5)),
     "beep_hz": ((200.0, 245.0), (385.0, 1640.0), (2550.0, 3000.0)),
@@ -341,12 +343,33 @@ def _clip_seconds(needed: float, ranges: dict, rng) -> float:
     return draw(rng, fits or [(needed + 0.05, needed + 0.06)], log=True)
 
 
+def _beep_lengths(count: int, ranges: dict, rng) -> tuple[np.ndarray, np.ndarray]:
+    """The lengths of `count` beeps and of the gaps between them, in s."""
+    durations = np.array([draw(rng, ranges["beep"]) for _ in range(count)])
+    return durations, np.array([draw(rng, ranges["gap"]) for _ in range(count - 1)])
+
+
+def _beeps_in_drawn_length(count: int, ranges: dict, rng) -> tuple[float, np.ndarray, np.ndarray]:
+    """A sound's whole length drawn first, log-uniformly over all of the ranges' lengths, then beeps and gaps drawn
+    until they fit in it (a new length after 200 tries): where every count fits, the length says nothing about it."""
+    while True:
+        total = draw(rng, ranges["seconds"], log=True)
+        for _ in range(200):
+            durations, gaps = _beep_lengths(count, ranges, rng)
+            if durations.sum() + gaps.sum() + 0.05 <= total:
+                return total, durations, gaps
+
+
 def _drawn_beeps(count: int, rate: int, ranges: dict, rng) -> np.ndarray:
     """`count` beeps of the ranges' lengths, gaps, pitches (one each) and loudness, somewhere in a sound of the
-    ranges' lengths, with noise all through."""
-    durations = np.array([draw(rng, ranges["beep"]) for _ in range(count)])
-    gaps = np.array([draw(rng, ranges["gap"]) for _ in range(count - 1)])
-    total = _clip_seconds(durations.sum() + gaps.sum(), ranges, rng)
+    ranges' lengths, with noise all through. The sound's length is drawn after the beeps, among the lengths that hold
+    them (`_clip_seconds`: more beeps, longer sounds), or first where the ranges set `length_first`
+    (`_beeps_in_drawn_length`)."""
+    if ranges.get("length_first"):
+        total, durations, gaps = _beeps_in_drawn_length(count, ranges, rng)
+    else:
+        durations, gaps = _beep_lengths(count, ranges, rng)
+        total = _clip_seconds(durations.sum() + gaps.sum(), ranges, rng)
     start = rng.uniform(0.02, total - 0.02 - durations.sum() - gaps.sum())
     wave = np.zeros(int(total * rate))
     amplitude = draw(rng, ranges["amplitude"])

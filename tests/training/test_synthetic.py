@@ -351,7 +351,7 @@ def test_wide_ranges_lie_beside_the_shifted_ones_where_a_model_must_generalise()
     normalises and for the looks of canvas and shapes (`SHARED_WITH_SHIFTED`), and lie on both sides of SHIFTED's
     elsewhere (the shifted split interpolates)."""
     assert set(WIDE) == set(SHIFTED)
-    for key in set(WIDE) - set(SHARED_WITH_SHIFTED) - {"rates"}:
+    for key in set(WIDE) - set(SHARED_WITH_SHIFTED) - {"rates", "length_first"}:
         for low, high in SHIFTED[key]:
             assert all(high < w_low or w_high < low for w_low, w_high in WIDE[key]), key
         assert min(low for low, _ in WIDE[key]) < min(low for low, _ in SHIFTED[key]), key
@@ -359,6 +359,25 @@ def test_wide_ranges_lie_beside_the_shifted_ones_where_a_model_must_generalise()
     assert WIDE["background"] == SHIFTED["background"] and WIDE["stereo"] == SHIFTED["stereo"]
     for key in set(SHARED_WITH_SHIFTED) - {"background", "stereo"}:  # intervals that overlap
         assert any(low < w_high and w_low < high for low, high in SHIFTED[key] for w_low, w_high in WIDE[key]), key
+
+
+def test_wide_beep_sounds_are_not_longer_for_more_beeps():
+    """WIDE draws a beep sound's length before its beeps (`length_first`), so a long sound holds any count alike and a
+    model cannot count by length; SHIFTED draws it after them, among the lengths that hold the beeps, so its long
+    sounds hold more beeps than one."""
+    assert WIDE["length_first"] and not SHIFTED["length_first"]
+    for split, distribution in (("train", "wide"), ("shifted", "standard")):
+        long_ones = []
+        for index in range(400):  # the answer is index % 4: 100 sounds of each count
+            example = make_example("sound_beeps", split, index, distribution=distribution)
+            wave, rate = example["audio"]
+            if len(wave) / rate > 6:
+                long_ones.append(example["answer"])
+        shares = {count: long_ones.count(count) / len(long_ones) for count in NUMBER_WORDS[1:5]}
+        if distribution == "wide":
+            assert all(0.15 <= share <= 0.35 for share in shares.values()), shares
+        else:
+            assert shares["one"] < 0.15 and shares["four"] > 0.3, shares
 
 
 # (split, distribution, ranges) of the drawn media
