@@ -365,7 +365,7 @@ def _drawn_beeps(count: int, rate: int, ranges: dict, rng) -> np.ndarray:
     ranges' lengths, with noise all through. The sound's length is drawn after the beeps, among the lengths that hold
     them (`_clip_seconds`: more beeps, longer sounds), or first where the ranges set `length_first`
     (`_beeps_in_drawn_length`)."""
-    if ranges.get("length_first"):
+    if ranges["length_first"]:
         total, durations, gaps = _beeps_in_drawn_length(count, ranges, rng)
     else:
         durations, gaps = _beep_lengths(count, ranges, rng)
