@@ -12,14 +12,15 @@ under `build/tiny/`), and exports the merged stage-3 model with its processor an
 `build/uni-moe-tiny`), as `hub_export.build` writes a folder: an existing `--out` is replaced only when it is an
 export of ours (`hub_export.output`), which is checked before training starts. Prints the time of each stage.
 
-The tiny model has no pretrained weights at all: its CLIP, Whisper and BEATs towers and its LLM start random. The
-tiny recipes therefore also train the LLM in stage 1 and the speech and sound towers with their experts in stage 2
-(on the wide data the sound tower stays random and frozen: `WIDE_OVERRIDES`), where the paper keeps pretrained parts
-frozen; the vision tower stays at its random weights (training it from scratch here made the image features worse,
-and costs more than the 15 minutes allow), with half of its patch-embedding channels tied across R, G and B
-(`stages.luminance_patch_init`) so that a shape's outline gives the same features in every colour. Frozen towers' outputs are served from a cache. Audio is cut into 3 s chunks (`audio_chunk_seconds`,
-30 s as released) so the audio towers can be trained on a CPU. Stage 2's experts are independent and run `--workers`
-at a time (default: one per core), one thread each.
+The tiny model has no pretrained weights at all: its CLIP, Whisper and BEATs towers and its LLM start random. The tiny
+recipes therefore also train the LLM in stage 1 and the speech and sound towers with their experts in stage 2 (on the
+wide data the sound tower stays random and frozen: `WIDE_OVERRIDES`), where the paper keeps pretrained parts frozen; the
+vision tower stays at its random weights (training it from scratch here made the image features worse, and costs more
+than the 15 minutes allow), with half of its patch-embedding channels tied across R, G and B
+(`stages.luminance_patch_init`) so that a shape's outline gives the same features in every colour. Frozen towers'
+outputs are served from a cache. Audio is cut into 3 s chunks (`audio_chunk_seconds`, 30 s as released) so the audio
+towers can be trained on a CPU. Stage 2's experts are independent and run `--workers` at a time (default: one per core),
+one thread each.
 """
 
 from __future__ import annotations
