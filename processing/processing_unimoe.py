@@ -170,8 +170,8 @@ class UniMoEProcessor(UniMoEChatTemplateMixin, ProcessorMixin):
         max_image_pixels / max_video_frames (`int`, *optional*): most pixels of an image or a video frame, most frames
             of a video (from the file's header, before decoding). None: no limit.
         resampler (`"soxr_hq"` or `"windowed_sinc"`): how audio not at 16 kHz is resampled: python-soxr at high
-            quality, as the original (librosa's default), or the windowed-sinc resampler of the tiny checkpoint's
-            training data.
+            quality, as the original (librosa's default), or a Hann-windowed sinc resampler in torch (no `soxr`
+            package needed; its features differ slightly from soxr's).
     """
 
     if not _SUB_PROCESSORS_FROM_SIGNATURE:  # transformers 4.x

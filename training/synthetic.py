@@ -121,8 +121,11 @@ PHRASINGS = {
     "image_color": ("Which color is the shape?", "What color is it?", "Tell me the color of the shape."),
     "image_shape": ("Which shape is this?", "What shape do you see?", "Name the shape."),
     "image_count": ("How many shapes do you see?", "Count the shapes.", "How many shapes are in the picture?"),
-    "video_direction": ("Where does the shape go?", "In which direction does the shape move?",
-                        "Which way is the shape moving?"),  # fmt: skip
+    "video_direction": (
+        "Where does the shape go?",
+        "In which direction does the shape move?",
+        "Which way is the shape moving?",
+    ),  # fmt: skip
     "sound_beeps": ("How many beeps do you hear?", "Count the beeps.", "How many beeps does the sound have?"),
     "sound_pitch": ("Is this tone high or low?", "Is the pitch high or low?", "Is the tone low or high?"),
     "speech_digit": ("Which number is said?", "What digit do you hear?", "What number does the speaker say?"),

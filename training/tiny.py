@@ -3,8 +3,9 @@
 
     python -m modeling_unimoe.training.tiny                      # -> build/uni-moe-tiny/
     python -m modeling_unimoe.training.tiny --evaluate           # then the test-split accuracy table
-    python -m modeling_unimoe.training.tiny --out checkpoints/uni-moe-tiny   # replaces the checked-in model
     python -m modeling_unimoe.training.tiny --distribution wide --work build/tiny-wide --out build/uni-moe-tiny-wide
+    python -m modeling_unimoe.training.tiny --distribution wide --work build/tiny-wide --out checkpoints/uni-moe-tiny
+                                                                 # the checked-in model, replaced
 
 Writes the synthetic data once (seeded) under `build/tiny/data` (`TRAIN_PER_TASK`: the vision, sound and speech
 experts get more examples than stages 1 and 3 read), runs recipes/tiny/stage{1,2,3}.yaml (stage outputs
@@ -182,18 +183,25 @@ def export(stage3: Path, out: Path) -> Path:
     return out
 
 
+def distribution_settings(distribution: str, overrides=()) -> tuple[dict | None, tuple]:
+    """The training amounts per task (`write_data`'s `train_per_task`) and the recipe overrides of a distribution:
+    `wide` adds `WIDE_TRAIN_PER_TASK` and `WIDE_OVERRIDES` (before `overrides`, so those win)."""
+    if distribution == "wide":
+        return WIDE_TRAIN_PER_TASK, (*WIDE_OVERRIDES, *overrides)
+    return None, tuple(overrides)
+
+
 def run(out=DEFAULT_OUT, work="build/tiny", seed=0, overrides=(), evaluate=False, workers=None, log=print,
         distribution="standard") -> dict:  # fmt: skip
     work, out = Path(work), Path(out)
     check_output_dir(out, overwrite=True)  # refuse a folder that is not ours now, not after the training
     workers = workers or os.cpu_count() or 1
-    wide = distribution == "wide"
+    train_per_task, overrides = distribution_settings(distribution, overrides)
     times = {}
     start = time.time()
-    write_data(work / "data", seed, WIDE_TRAIN_PER_TASK if wide else None, workers=workers, log=log,
-               distribution=distribution)  # fmt: skip
+    write_data(work / "data", seed, train_per_task, workers=workers, log=log, distribution=distribution)
     times["data"] = time.time() - start
-    for recipe in stage_recipes(work, overrides=(*WIDE_OVERRIDES, *overrides) if wide else overrides):
+    for recipe in stage_recipes(work, overrides=overrides):
         begin = time.time()
         if recipe["stage"] in (2, 3):
             shutil.rmtree(recipe["output_dir"], ignore_errors=True)  # fresh checkpoints: no stale resume

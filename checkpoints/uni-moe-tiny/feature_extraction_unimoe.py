@@ -43,8 +43,8 @@ def resample_audio(
 ) -> np.ndarray:
     """Resampling as the original Uni-MoE's `librosa.load(sr=16000)`: python-soxr at high quality ("HQ", librosa's
     default `soxr_hq`) on float32 samples, cut or zero-padded to `resampled_length` samples (librosa's `fix_length`).
-    Needs the `soxr` package unless the rates are equal. `method="windowed_sinc"` is the resampler the tiny
-    checkpoint was trained with instead (`windowed_sinc_resample`). Returns float32."""
+    Needs the `soxr` package unless the rates are equal; `method="windowed_sinc"` resamples in torch instead
+    (`windowed_sinc_resample`). Returns float32."""
     if method not in RESAMPLERS:
         raise ValueError(f"method must be one of {RESAMPLERS}, got {method!r}.")
     if method == "windowed_sinc":
@@ -69,8 +69,7 @@ def resample_audio(
 
 def windowed_sinc_resample(waveform: np.ndarray, orig_sr: int, target_sr: int = SAMPLING_RATE) -> np.ndarray:
     """Band-limited resampling (Hann-windowed sinc, 6 zero crossings, cutoff 0.99 x the lower Nyquist rate), for any
-    pair of integer rates: the resampler of the tiny checkpoint's training data. Output length is ceil(len * target_sr
-    / orig_sr)."""
+    pair of integer rates, in torch. Output length is ceil(len * target_sr / orig_sr)."""
     if orig_sr == target_sr or waveform.size == 0:
         return waveform.astype(np.float32, copy=False)
     zero_crossings, rolloff = 6, 0.99

@@ -227,13 +227,14 @@ def test_tiny_checkpoint_keeps_its_own_preprocessing():
     assert not processor.tokenize_text_pieces and saved.get("tokenize_text_pieces", False) is False
     assert processor.speech_chunk_stride is None and processor.feature_extractor.n_samples == 3 * SR
     assert processor.sound_chunk_padding == "zeros"
-    assert processor.resampler == saved["resampler"] == "windowed_sinc"  # its training data's resampler
-    assert tiny_processor().resampler == "soxr_hq"  # the default: new trainings and the released models
+    assert processor.resampler == saved["resampler"] == tiny_processor().resampler == "soxr_hq"
 
 
-def test_tiny_checkpoint_resamples_as_its_training_data_did(tmp_path):
-    """Its processor gives the windowed-sinc features it was trained on (soxr's differ: the setting matters)."""
-    processor = UniMoEProcessor.from_pretrained(TINY_CHECKPOINT)
+def test_resampler_setting_is_kept_and_used(tmp_path):
+    """`resampler="windowed_sinc"` survives a save and load and gives the windowed-sinc features; soxr's differ."""
+    UniMoEProcessor.from_pretrained(TINY_CHECKPOINT, resampler="windowed_sinc").save_pretrained(tmp_path / "sinc")
+    processor = UniMoEProcessor.from_pretrained(tmp_path / "sinc")
+    assert processor.resampler == "windowed_sinc"
     wave = sine(2.0, sr=22050, freq=1200)
     path = write_audio(tmp_path / "tone.wav", wave, sr=22050, subtype="FLOAT")
     got = processor(text="<sound>", sound=path, return_tensors="np")["sound_features"]

@@ -2,8 +2,9 @@
 checkpoints/uni-moe-tiny; the OpenAI server answers through the `openai` client and refuses bad media with HTTP 400.
 
 vLLM pins its own transformers, so it runs in its own venv (build/venvs/vllm, `python -m serving.venv`, about 3 GB);
-these tests are marked slow and skipped without it. The tiny model's head size (16) is below what vLLM's CPU attention
-supports: serving.vllm_model pads it (the parity here is the check that the padding changes nothing).
+these tests are marked slow and skipped without it. The sound-only variant below splits attention into heads of 16, below
+what vLLM's CPU attention supports: serving.vllm_model pads them (its parity is the check that the padding changes
+nothing).
 """
 
 import json
@@ -116,13 +117,17 @@ NEW_TOKENS = 16  # exactly (end of sequence suppressed before): the tiny model's
 
 def _sound_only_model(folder: Path) -> Path:
     """The embedded model in the released audio variant's layout: no speech tower, `<audio>` goes through BEATs and
-    the Q-Former (its trained weights, less the speech tower's)."""
+    the Q-Former (its trained weights, less the speech tower's). Its attention reads the same q, k, v and o weights
+    as 4 heads of 16 instead of 2 of 32: a head size vLLM's CPU attention does not support."""
     from modeling_unimoe import UniMoEConfig, UniMoEForCausalLM
     from modeling_unimoe.processing.export import add_custom_pipeline, save_tiny_processor
 
     tiny = UniMoEForCausalLM.from_pretrained(TINY, dtype=torch.float32)
+    config = tiny.config.to_dict()
+    assert config["text_config"]["num_attention_heads"] * config["text_config"]["head_dim"] == 64
+    text_config = {**config["text_config"], "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 16}
     config = UniMoEConfig.from_dict(
-        {**tiny.config.to_dict(), "speech_config": None, "speech_token_id": None, "sound_token_id": 4}
+        {**config, "text_config": text_config, "speech_config": None, "speech_token_id": None, "sound_token_id": 4}
     )
     model = UniMoEForCausalLM(config).eval()
     missing, unexpected = model.load_state_dict(tiny.state_dict(), strict=False)
