@@ -96,9 +96,10 @@ class UniMoEAttention(nn.Module):
     """LLaMA self-attention (vLLM's fused qkv_proj, rotary embedding, paged `Attention`, o_proj).
 
     Where the kernels do not support the model's head size (vLLM's CPU build: 32, 64, 80, ...; not 16), q, k and v
-    are zero-padded per head to the next supported size and the attention output is cut back: the zero dimensions add nothing to q . k, so with the softmax scale of the real head size (`head_dim ** -0.5`,
-    passed explicitly) the attention weights are unchanged, and v's zero dimensions give zero outputs, which are
-    dropped. The KV cache then holds the padded size."""
+    are zero-padded per head to the next supported size and the attention output is cut back: the zero dimensions add
+    nothing to q . k, so with the softmax scale of the real head size (`head_dim ** -0.5`, passed explicitly) the
+    attention weights are unchanged, and v's zero dimensions give zero outputs, which are dropped. The KV cache then
+    holds the padded size."""
 
     def __init__(
         self,

@@ -7,8 +7,7 @@
 Progressive MoE: the three tiny stages (`training.tiny`; reused from `--work` when they are there). Dense: the same
 stage-1 model, then one dense run on the same mixed training data with the stage-2 trainable set (FFN, connectors, the
 towers the experts train) plus attention, at stage 2's batch size, for as many examples as stages 2 and 3 took
-together.
-Both are exported as folders and scored by `training.evaluate` on the test and the shifted split.
+together. Both are exported as folders and scored by `training.evaluate` on the test and the shifted split.
 """
 
 from __future__ import annotations

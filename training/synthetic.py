@@ -125,7 +125,7 @@ PHRASINGS = {
         "Where does the shape go?",
         "In which direction does the shape move?",
         "Which way is the shape moving?",
-    ),  # fmt: skip
+    ),
     "sound_beeps": ("How many beeps do you hear?", "Count the beeps.", "How many beeps does the sound have?"),
     "sound_pitch": ("Is this tone high or low?", "Is the pitch high or low?", "Is the tone low or high?"),
     "speech_digit": ("Which number is said?", "What digit do you hear?", "What number does the speaker say?"),

@@ -2,9 +2,9 @@
 checkpoints/uni-moe-tiny; the OpenAI server answers through the `openai` client and refuses bad media with HTTP 400.
 
 vLLM pins its own transformers, so it runs in its own venv (build/venvs/vllm, `python -m serving.venv`, about 3 GB);
-these tests are marked slow and skipped without it. The sound-only variant below splits attention into heads of 16, below
-what vLLM's CPU attention supports: serving.vllm_model pads them (its parity is the check that the padding changes
-nothing).
+these tests are marked slow and skipped without it. The sound-only variant below splits attention into heads of 16,
+below what vLLM's CPU attention supports: serving.vllm_model pads them (its parity is the check that the padding
+changes nothing).
 """
 
 import json
