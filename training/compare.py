@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 from hub_export.output import OutputFolderError
 
 from .evaluate import MODALITIES, evaluate
-from .stages import PART_MODULES, modality_parts
+from .stages import trained_parts
 from .synthetic import DISTRIBUTIONS
 from .tiny import distribution_settings, export, run, stage_recipes, write_data
 from .train import expert_recipe, run_stage
@@ -32,16 +31,11 @@ def _steps(folder) -> int:
 
 
 def trained_towers(stage2: dict) -> list[str]:
-    """`towers:PART` for each tower that one of the stage-2 recipe's experts trains (where its `extra_trainable`
-    names `towers`: the towers of its modalities)."""
+    """`towers:PART` for each tower that one of the stage-2 recipe's experts trains."""
     parts = set()
     for name, spec in stage2["experts"].items():
         _, modalities, extra = expert_recipe(stage2, name, spec, stage2.get("extra_trainable") or [])
-        own = modality_parts(modalities)
-        for item in extra:
-            component, _, part = str(item).partition(":")
-            if component == "towers":
-                parts |= {part} if part else set(PART_MODULES) if own is None else own
+        parts |= trained_parts(extra, modalities)
     return [f"towers:{part}" for part in sorted(parts)]
 
 
@@ -71,7 +65,6 @@ def compare(work="build/tiny", moe_folder="checkpoints/uni-moe-tiny", out=None, 
     batch = [recipe["training"]["per_device_train_batch_size"] for recipe in stages[1:]]
     steps = sum(_steps(d) for d in stage2_dirs) + _steps(work / "stage3") * batch[1] // batch[0]
     log(f"[compare] dense run: {steps} steps of {batch[0]} (the examples of stages 2 and 3 of the MoE)")
-    shutil.rmtree(work / "dense", ignore_errors=True)  # fresh checkpoints: no stale resume
     run_stage(dense_recipe(work, steps, stages[1]), log=log)
     dense_folder = export(work / "dense" / "dense", work / "dense-export")
 

@@ -115,6 +115,19 @@ def modality_parts(modalities) -> set[str] | None:
     return parts
 
 
+def _is_trained(wanted: dict, parts: set[str] | None, component: str, part: str | None) -> bool:
+    """Whether `component` (of `part`) is trained, given `_expand`'s `wanted` and `modality_parts`' `parts`."""
+    return component in wanted and (
+        part is None or ((parts is None or part in parts) and (wanted[component] is None or part in wanted[component]))
+    )
+
+
+def trained_parts(trainable, modalities=None, component: str = "towers") -> set[str]:
+    """The parts (vision, speech, sound) whose `component` `set_trainable(model, trainable, modalities)` trains."""
+    wanted, parts = _expand(trainable), modality_parts(modalities)
+    return {part for part in PART_MODULES if _is_trained(wanted, parts, component, part)}
+
+
 def set_trainable(model: torch.nn.Module, trainable, modalities=None) -> dict[str, int]:
     """Set `requires_grad` on every parameter: True exactly for the `trainable` components (towers and connectors
     only of the parts serving `modalities`, if given). Returns the number of trainable parameters per component."""
@@ -122,10 +135,7 @@ def set_trainable(model: torch.nn.Module, trainable, modalities=None) -> dict[st
     counts: dict[str, int] = {}
     for name, param in model.named_parameters():
         component, part = component_of(name)
-        on = component in wanted and (
-            part is None
-            or ((parts is None or part in parts) and (wanted[component] is None or part in wanted[component]))
-        )
+        on = _is_trained(wanted, parts, component, part)
         param.requires_grad_(on)
         if on:
             counts[component] = counts.get(component, 0) + param.numel()
@@ -308,4 +318,5 @@ __all__ = [
     "freeze_for_stage",
     "load_model",
     "set_trainable",
+    "trained_parts",
 ]

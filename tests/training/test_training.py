@@ -307,6 +307,31 @@ def test_modality_grouped_sampler_builds_single_modality_batches():
     assert list(sampler) != order
 
 
+@pytest.mark.parametrize(
+    "trainable, modalities",
+    [(["towers"], None), (["towers"], ["speech"]), (["towers"], ["text"]), (["towers:sound"], ["speech"]),
+     (["towers:sound", "ffn"], ["sound", "image"]), ([], ["image"])],
+)  # fmt: skip
+def test_trained_parts_are_the_towers_set_trainable_trains(trainable, modalities):
+    from modeling_unimoe.training.stages import component_of, trained_parts
+
+    model = UniMoEForCausalLM(UniMoEConfig.from_preset("tiny"))
+    set_trainable(model, trainable, modalities)
+    trained = {component_of(n)[1] for n, p in model.named_parameters() if p.requires_grad and "_tower." in n}
+    assert trained_parts(trainable, modalities) == trained
+
+
+def test_dense_comparison_trains_the_towers_the_experts_train():
+    from modeling_unimoe.training.compare import dense_recipe
+    from modeling_unimoe.training.tiny import distribution_settings, stage_recipes
+
+    for distribution, towers in (("standard", ["towers:sound", "towers:speech"]), ("wide", ["towers:speech"])):
+        stage2 = stage_recipes(Path("work"), overrides=distribution_settings(distribution)[1])[1]
+        recipe = dense_recipe(Path("work"), 10, stage2)
+        assert recipe["extra_trainable"] == [*towers, "attention"] and recipe["training"]["max_steps"] == 10
+        assert recipe["experts"] == {"dense": ["image", "video", "speech", "sound", "text"]}
+
+
 def test_cached_frozen_towers_give_the_same_outputs_and_restore_the_towers():
     from modeling_unimoe.training.tower_cache import cached_frozen_towers
     from tests.helpers import media_prompt
