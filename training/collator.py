@@ -20,11 +20,16 @@ an `{"type": "audio"}` block) or "sound" (BEATs path, a `{"type": "sound"}` bloc
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from modeling_unimoe.modeling_unimoe import MEDIA_INPUTS
 
@@ -205,12 +210,62 @@ def _record_key(record) -> str:
     return json.dumps(record, sort_keys=True, default=str)
 
 
+class EncodingStore:
+    """Encodings on disk, shared by the processes and stages that read the same records with the same collator
+    settings (stage 2's experts train in processes of their own). One file per record under
+    `folder/<settings hash>/`, named by a hash of the record and of the size and modification time of each media
+    file it names (a rewritten file is encoded anew); safetensors files (the strings, such as the modality, in their
+    metadata), written atomically. Files are only ever added: delete the folder to reclaim its space."""
+
+    MEDIA_KEYS = ("image", "video", "voice")
+
+    def __init__(self, folder, settings: str):
+        self.folder = Path(folder) / hashlib.sha256(settings.encode()).hexdigest()[:16]
+
+    def path(self, record, key: str) -> Path:
+        digest = hashlib.blake2b(key.encode(), digest_size=16)
+        for name in self.MEDIA_KEYS:
+            if isinstance(record.get(name), str):
+                stat = os.stat(record[name])
+                digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+        name = digest.hexdigest()
+        return self.folder / name[:2] / f"{name}.safetensors"
+
+    def load(self, record, key: str) -> dict | None:
+        path = self.path(record, key)
+        if not path.is_file():
+            return None
+        with safe_open(path, framework="pt") as file:
+            return {**file.metadata(), **{name: file.get_tensor(name) for name in file.keys()}}
+
+    def save(self, record, key: str, example: dict) -> None:
+        path = self.path(record, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        tensors = {name: value.contiguous() for name, value in example.items() if isinstance(value, torch.Tensor)}
+        strings = {name: value for name, value in example.items() if isinstance(value, str)}
+        others = sorted(set(example) - set(tensors) - set(strings))
+        if others:
+            raise TypeError(f"EncodingStore keeps tensors and strings only; the encoding also has {others}.")
+        save_file(tensors, partial, metadata=strings)
+        os.replace(partial, path)
+
+    def encode(self, collator: UniMoECollator, record, key: str) -> dict:
+        """The stored encoding of `record`, or a new one (stored)."""
+        example = self.load(record, key)
+        if example is None:
+            example = collator.encode(record)
+            self.save(record, key, example)
+        return example
+
+
 class EncodedDataset(torch.utils.data.Dataset):
     """A dataset of records, encoded by a collator on first access and kept in memory (decoding media and computing
     Whisper / BEATs features once, not once per epoch, nor again in a later dataset of the same records and collator
-    settings in this process). `modalities` lists each record's modality (for grouping)."""
+    settings in this process; with `store`, a folder, nor in another process: `EncodingStore`). `modalities` lists
+    each record's modality (for grouping)."""
 
-    def __init__(self, records, collator: UniMoECollator, eager: bool = False, workers: int = 0):
+    def __init__(self, records, collator: UniMoECollator, eager: bool = False, workers: int = 0, store=None):
         self.records = records
         self.collator = collator
         self.modalities = [record_modality(records[i]) for i in range(len(records))]
@@ -220,8 +275,12 @@ class EncodedDataset(torch.utils.data.Dataset):
             _ENCODED[settings] = {}
         self._cache = _ENCODED[settings]
         self._keys: dict[int, str] = {}
+        self.store = None if store is None else EncodingStore(store, settings)
         if eager:
             self.encode_all(workers)
+
+    def _encode(self, record, key: str) -> dict:
+        return self.collator.encode(record) if self.store is None else self.store.encode(self.collator, record, key)
 
     def encode_all(self, workers: int = 0) -> None:
         """Encode every record now: here (`workers=0`), or in `workers` DataLoader worker processes (forked, one
@@ -249,7 +308,7 @@ class EncodedDataset(torch.utils.data.Dataset):
             record = self.records[index]
             key = _record_key(record)
             if key not in self._cache:
-                self._cache[key] = self.collator.encode(record)
+                self._cache[key] = self._encode(record, key)
             self._keys[index] = key
         return self._cache[self._keys[index]]
 
@@ -269,7 +328,7 @@ class _EncodeRecords(torch.utils.data.Dataset):
         key = _record_key(record)
         if key in self.dataset._cache:  # encoded before the workers were forked: the parent has it
             return index, key, None
-        example = self.dataset.collator.encode(record)
+        example = self.dataset._encode(record, key)
         return index, key, {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in example.items()}
 
 
@@ -277,4 +336,11 @@ def _as_list(items):
     return items
 
 
-__all__ = ["IGNORE_INDEX", "EncodedDataset", "UniMoECollator", "record_modality", "record_to_messages"]
+__all__ = [
+    "IGNORE_INDEX",
+    "EncodedDataset",
+    "EncodingStore",
+    "UniMoECollator",
+    "record_modality",
+    "record_to_messages",
+]

@@ -131,6 +131,8 @@ def stage_recipes(work: Path, recipes: Path = RECIPES, overrides=()) -> list[dic
         recipe["data"] = {**recipe.get("data", {}), "path": data}
         recipe["data"].pop("generate", None)
         recipe["output_dir"] = str(work / f"stage{stage}")
+        if "encode_cache" in recipe:
+            recipe["encode_cache"] = str(work / "encoded")
         if stage == 2:
             recipe["model"] = {"init": str(work / "stage1")}
         if stage == 3:

@@ -43,6 +43,20 @@ def beats_downsample_padding_mask(padding_mask: torch.Tensor, length: int) -> to
     return padding_mask.reshape(padding_mask.shape[0], length, -1).all(-1)  # [batch, length, run] -> [batch, length]
 
 
+def beats_token_padding_mask(padding_mask: torch.Tensor, patch_size: int, time_patches: int, mel_patches: int):
+    """[batch, frames] frame mask -> [batch, time_patches * mel_patches] token mask (True = padding).
+
+    The original's rule (`beats_downsample_padding_mask`) where it is defined, i.e. with at least as many frames as
+    tokens (patches of 16 on 128 mel bins: twice as many). With fewer frames than tokens (smaller patches) that rule
+    would judge every token by no frames at all and mask them all; each token is then padding when all the frames of
+    its time patch are."""
+    tokens = time_patches * mel_patches
+    if padding_mask.shape[1] >= tokens:
+        return beats_downsample_padding_mask(padding_mask, tokens)
+    per_time_patch = padding_mask[:, : time_patches * patch_size].reshape(-1, time_patches, patch_size).all(-1)
+    return per_time_patch.repeat_interleave(mel_patches, dim=1)  # time-major, as the tokens
+
+
 def _beats_activation(name: str):
     if name == "gelu":  # fairseq's gelu: exact (erf) GELU computed in float32
         return lambda x: F.gelu(x.float()).type_as(x)
@@ -216,11 +230,12 @@ class UniMoEBEATsEncoder(nn.Module):
 
 
 class UniMoEBEATsModel(nn.Module):
-    """BEATs encoder: 16x16 patches of the normalised fbank -> LayerNorm -> Linear -> conv positions -> Transformer.
+    """BEATs encoder: p x p patches of the normalised fbank (p = `input_patch_size`, 16 as released) -> LayerNorm ->
+    Linear -> conv positions -> Transformer.
 
     forward(fbank [batch, frames, mel] un-normalised kaldi fbank, padding_mask [batch, frames] bool, True = padded)
-    -> (hidden_states [batch, (frames // 16) * (mel // 16), encoder_embed_dim], token padding mask or None).
-    Tokens are time-major: token index = time_patch * (mel // 16) + mel_patch.
+    -> (hidden_states [batch, (frames // p) * (mel // p), encoder_embed_dim], token padding mask or None).
+    Tokens are time-major: token index = time_patch * (mel // p) + mel_patch.
     """
 
     def __init__(self, config: UniMoEBEATsConfig):
@@ -252,15 +267,18 @@ class UniMoEBEATsModel(nn.Module):
             padding_mask = beats_downsample_padding_mask(padding_mask.bool(), fbank.shape[1])
 
         features = self.patch_embedding(fbank.unsqueeze(1))  # [batch, 1, frames, mel] -> [batch, E, T', M']
+        time_patches, mel_patches = features.shape[2:]
         features = features.reshape(features.shape[0], features.shape[1], -1)  # [batch, E, T' * M'], time-major
         features = self.layer_norm(features.transpose(1, 2))  # [batch, tokens, E]
 
-        if padding_mask is not None:
-            padding_mask = beats_downsample_padding_mask(padding_mask, features.shape[1])  # [batch, tokens]
+        if padding_mask is not None:  # [batch, tokens]
+            padding_mask = beats_token_padding_mask(
+                padding_mask, self.config.input_patch_size, time_patches, mel_patches
+            )
         if self.post_extract_proj is not None:
             features = self.post_extract_proj(features)  # [batch, tokens, C]
         hidden_states = self.encoder(self.dropout_input(features), padding_mask)
         return hidden_states, padding_mask
 
 
-__all__ = ["UniMoEBEATsModel", "beats_relative_position_bucket"]
+__all__ = ["UniMoEBEATsModel", "beats_relative_position_bucket", "beats_token_padding_mask"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from modeling_unimoe.configuration_beats import UniMoEBEATsConfig
-from modeling_unimoe.modeling_beats import UniMoEBEATsModel, beats_relative_position_bucket
+from modeling_unimoe.modeling_beats import UniMoEBEATsModel, beats_relative_position_bucket, beats_token_padding_mask
 
 
 # the original lists layer 0's shared relative position embedding under every layer; we keep only layer 0's
@@ -285,6 +285,28 @@ def test_padding_isolation():
         # padded tokens are zeroed before the positional conv and masked as keys: same as the truncated input
         truncated, _ = model(fbank[1:, :160])
         torch.testing.assert_close(hidden[1][valid], truncated[0], atol=1e-5, rtol=1e-5)
+
+
+def test_small_patches_mask_by_time_patch():
+    """Patches of 8 on 128 mel bins make more tokens than frames: the original's mask rule would mask every token
+    (and attention would give NaN); each token is judged by its own time patch's frames instead."""
+    model = make_model(tiny_config(input_patch_size=8))
+    fbank = make_fbank(2, 200)
+    frame_mask = torch.zeros(2, 200, dtype=torch.bool)
+    frame_mask[1, 84:] = True  # starts inside time patch 10 (frames 80-87), which keeps its tokens
+    with torch.no_grad():
+        hidden, token_mask = model(fbank, frame_mask)
+        assert hidden.shape == (2, 25 * 16, 32) and torch.isfinite(hidden).all()
+        assert not token_mask[0].any()
+        assert token_mask[1].tolist() == [False] * 11 * 16 + [True] * 14 * 16
+        truncated, _ = model(fbank[1:, :88])  # 11 whole time patches: the unpadded tokens see the same input
+        torch.testing.assert_close(hidden[1][~token_mask[1]], truncated[0], atol=1e-5, rtol=1e-5)
+
+
+def test_token_mask_keeps_the_original_rule_where_defined():
+    frame_mask = torch.zeros(1, 200, dtype=torch.bool)
+    frame_mask[0, 150:] = True
+    assert torch.equal(beats_token_padding_mask(frame_mask, 16, 12, 8), ref_token_mask(frame_mask, 96))
 
 
 def test_state_dict_keys_match_original():
