@@ -25,7 +25,6 @@ A recipe (paths relative to the working directory) holds:
     cache_frozen_towers: true                           # compute frozen towers once per example
     encode_workers: 2                                   # encode the records up front in 2 processes (0: lazily)
     encode_cache: build/tiny/encoded                    # keep the encodings on disk for other stages and processes
-    attn_implementation: eager                          # for training (tiny models: faster than sdpa on a CPU)
     max_length: 2048
     output_dir: build/tiny/stage1
     training: {...}                                     # TrainingArguments fields
@@ -51,7 +50,7 @@ from transformers import Trainer, TrainingArguments
 
 from modeling_unimoe import UniMoEForCausalLM
 
-from .collator import IGNORE_INDEX, EncodedDataset, UniMoECollator
+from .collator import EncodedDataset, UniMoECollator
 from .stages import apply_lora, build_moe_model, freeze_for_stage, load_model
 from .tower_cache import cached_frozen_towers
 
@@ -127,22 +126,11 @@ class ModalityGroupedSampler(torch.utils.data.Sampler):
 
 
 class UniMoETrainer(Trainer):
-    """Trainer with optional modality-grouped batches. In training, the LM head and the loss see only the positions
-    that predict a label (`logits_to_keep` and `shift_labels`): the same loss, without the vocabulary-wide logits
-    of every prompt and media position."""
+    """Trainer with optional modality-grouped batches."""
 
     def __init__(self, *args, group_by_modality: bool = False, **kwargs):
         self.group_by_modality = group_by_modality
         super().__init__(*args, **kwargs)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.get("labels")
-        if model.training and labels is not None and "logits_to_keep" not in inputs:
-            keep = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # position i predicts label i + 1
-            inputs = {**inputs, "logits_to_keep": keep, "shift_labels": labels[:, 1:][:, keep]}
-        return super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -279,16 +267,6 @@ def _training_args(recipe: dict, output_dir) -> TrainingArguments:
     return TrainingArguments(**settings)
 
 
-def set_attn_implementation(model, implementation) -> None:
-    """`implementation` (a str) for the LLM and every tower that dispatches attention through transformers' attention
-    interface (the BEATs tower computes its own), or a dict as `PreTrainedModel.set_attn_implementation` takes it."""
-    if isinstance(implementation, str):
-        config = model.config
-        parts = [key for key in config.sub_configs if key != "sound_config" and getattr(config, key) is not None]
-        implementation = {"": implementation, **dict.fromkeys(parts, implementation)}
-    model.set_attn_implementation(implementation)
-
-
 def _train(model, processor, recipe, output_dir, modalities=None, log=print):
     args = _training_args(recipe, output_dir)
     collator = UniMoECollator(processor, max_length=recipe.get("max_length"))
@@ -298,8 +276,6 @@ def _train(model, processor, recipe, output_dir, modalities=None, log=print):
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"`encode_workers` must be an integer >= 0 (0: encode lazily), got {workers!r}.")
     dataset = EncodedDataset(records, collator, eager=workers > 0, workers=workers, store=recipe.get("encode_cache"))
-    if recipe.get("attn_implementation"):
-        set_attn_implementation(model, recipe["attn_implementation"])
     trainer = UniMoETrainer(
         model=model,
         args=args,

@@ -41,7 +41,7 @@ SEED = 0
 EXAMPLES = {
     "image_color": (0, 1),
     "sound_pitch": (0, 1),
-    "sound_beeps": (1, 2),
+    "sound_beeps": (6, 7),
     "speech_digit": (3, 7),
     "video_direction": (0, 1),
 }

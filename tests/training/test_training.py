@@ -142,41 +142,6 @@ def test_encoding_store_serves_another_process_and_encodes_changed_media_anew(pr
         EncodedDataset(rows, Refusing(processor), store=tmp_path / "encoded")[image]
 
 
-def test_trainer_loss_reads_the_answer_positions_only(processor, tmp_path):
-    from transformers import TrainingArguments
-
-    from modeling_unimoe.training.train import UniMoETrainer
-
-    write_split(tmp_path, "train", 1, tasks=["image_color", "text_add", "sound_pitch"])
-    rows = load_split(tmp_path, "train")
-    batch = UniMoECollator(processor)([rows[i] for i in range(len(rows))])
-    torch.manual_seed(0)
-    model = UniMoEForCausalLM(UniMoEConfig.from_preset("tiny")).train()
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none")
-    trainer = UniMoETrainer(model=model, args=args)
-    positions = []
-    model.lm_head.register_forward_hook(lambda module, inputs, output: positions.append(output.shape[1]))
-    torch.manual_seed(1)  # the same dropout masks in both calls
-    loss = trainer.compute_loss(model, batch)
-    torch.manual_seed(1)
-    full = model(**batch).loss
-    torch.testing.assert_close(loss, full)
-    answers = int((batch["labels"][:, 1:] != IGNORE_INDEX).any(0).sum())
-    assert positions == [answers, batch["input_ids"].shape[1]] and answers < batch["input_ids"].shape[1] // 4
-
-
-def test_attn_implementation_reaches_every_part_that_dispatches_attention():
-    from modeling_unimoe.training.train import set_attn_implementation
-
-    model = UniMoEForCausalLM(UniMoEConfig.from_preset("tiny"))
-    assert model.config.text_config._attn_implementation == "sdpa"
-    set_attn_implementation(model, "eager")
-    config = model.config
-    parts = ("text_config", "vision_config", "speech_config", "sound_qformer_config")
-    assert [getattr(config, part)._attn_implementation for part in parts] == ["eager"] * 4
-    assert config._attn_implementation == "eager"
-
-
 def test_record_to_messages_routes_sounds_and_speech(tmp_path):
     sound = {"id": "x", "voice": "a.wav", "audio_kind": "sound", "conversations": [
         {"from": "human", "value": "<audio>\nHow many beeps are there?"}, {"from": "gpt", "value": "two"}]}  # fmt: skip
