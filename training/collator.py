@@ -215,7 +215,8 @@ class EncodingStore:
     settings (stage 2's experts train in processes of their own). One file per record under
     `folder/<settings hash>/`, named by a hash of the record and of the size and modification time of each media
     file it names (a rewritten file is encoded anew); safetensors files (the strings, such as the modality, in their
-    metadata), written atomically. Files are only ever added: delete the folder to reclaim its space."""
+    metadata), written atomically. Records whose media are in memory (a PIL image, frames, a waveform) have no stable
+    key and are encoded without the store. Files are only ever added: delete the folder to reclaim its space."""
 
     MEDIA_KEYS = ("image", "video", "voice")
 
@@ -252,6 +253,11 @@ class EncodingStore:
 
     def encode(self, collator: UniMoECollator, record, key: str) -> dict:
         """The stored encoding of `record`, or a new one (stored)."""
+        in_memory = record.get("audio") is not None or any(
+            record.get(name) is not None and not isinstance(record[name], str) for name in self.MEDIA_KEYS
+        )
+        if in_memory:
+            return collator.encode(record)
         example = self.load(record, key)
         if example is None:
             example = collator.encode(record)

@@ -135,6 +135,10 @@ def test_encoding_store_serves_another_process_and_encodes_changed_media_anew(pr
             if isinstance(value, torch.Tensor):
                 assert value.dtype == theirs[name].dtype and torch.equal(value, theirs[name]), name
 
+    in_memory = {**rows[0], "image": Image.new("RGB", (64, 64), (230, 30, 30))}  # no stable key: not stored
+    assert "pixel_values" in EncodedDataset([in_memory], UniMoECollator(processor), store=tmp_path / "encoded")[0]
+    assert len(list((tmp_path / "encoded").rglob("*.safetensors"))) == len(rows)
+
     image = next(i for i, row in enumerate(rows) if row.get("image"))
     Image.new("RGB", (64, 64), (30, 60, 230)).save(rows[image]["image"])  # the file is rewritten: encoded anew
     _ENCODED.clear()
