@@ -226,21 +226,21 @@ class EncodingStore:
     def path(self, record, key: str) -> Path:
         digest = hashlib.blake2b(key.encode(), digest_size=16)
         for name in self.MEDIA_KEYS:
-            if isinstance(record.get(name), str):
+            if record.get(name) is not None:
                 stat = os.stat(record[name])
                 digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
         name = digest.hexdigest()
         return self.folder / name[:2] / f"{name}.safetensors"
 
-    def load(self, record, key: str) -> dict | None:
-        path = self.path(record, key)
+    @staticmethod
+    def load(path: Path) -> dict | None:
         if not path.is_file():
             return None
         with safe_open(path, framework="pt") as file:
             return {**file.metadata(), **{name: file.get_tensor(name) for name in file.keys()}}
 
-    def save(self, record, key: str, example: dict) -> None:
-        path = self.path(record, key)
+    @staticmethod
+    def save(path: Path, example: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
         tensors = {name: value.contiguous() for name, value in example.items() if isinstance(value, torch.Tensor)}
@@ -258,10 +258,11 @@ class EncodingStore:
         )
         if in_memory:
             return collator.encode(record)
-        example = self.load(record, key)
+        path = self.path(record, key)
+        example = self.load(path)
         if example is None:
             example = collator.encode(record)
-            self.save(record, key, example)
+            self.save(path, example)
         return example
 
 
