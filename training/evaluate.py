@@ -7,7 +7,7 @@
 
 The folder is loaded through `AutoModelForCausalLM` / `AutoProcessor` with `trust_remote_code=True`; answers are
 greedy and scored by exact match of the normalised answer (`synthetic.is_correct`). Writes `eval.json` (per-task and
-per-modality accuracy, every prediction) into `--out` (default: `build/eval/<folder name>` under the current
+per-modality accuracy with its 95% Wilson score interval, every prediction) into `--out` (default: `build/eval/<folder name>` under the current
 directory; the evaluated folder is never written to) and prints a markdown table. `--routing` also writes
 `routing.json` (per MoE layer, the share of each modality's token-expert assignments that go to each expert: the
 paper's expert preference analysis, `training.routing`) and `routing.png` (heat maps), over up to 16 examples of
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -77,6 +78,18 @@ def predict(model, processor, records, batch_size: int = 16, max_new_tokens: int
     return predictions
 
 
+def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval of a proportion `correct / n` (95% for the default `z`): with 50 examples per task an
+    accuracy of 90% is compatible with 78.6-95.7%."""
+    if n <= 0:
+        raise ValueError(f"An interval needs at least one example; got n={n}.")
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    # the bounds are exactly 0 and 1 at no and all correct (the sums round to 1 - 1e-16 there)
+    return (0.0 if correct == 0 else centre - half), (1.0 if correct == n else centre + half)
+
+
 def accuracy_report(records, predictions) -> dict:
     per_task, per_modality = {}, {}
     for record, prediction in zip(records, predictions, strict=True):
@@ -88,6 +101,7 @@ def accuracy_report(records, predictions) -> dict:
     for table in (per_task, per_modality):
         for entry in table.values():
             entry["accuracy"] = entry["correct"] / entry["n"]
+            entry["interval_95"] = list(wilson_interval(entry["correct"], entry["n"]))
     accuracies = [entry["accuracy"] for entry in per_modality.values()]
     return {
         "per_task": {task: per_task[task] for task in TASKS if task in per_task},
@@ -99,10 +113,13 @@ def accuracy_report(records, predictions) -> dict:
 
 
 def markdown_table(report: dict) -> str:
-    lines = ["| task | modality | accuracy | n |", "| --- | --- | ---: | ---: |"]
+    lines = ["| task | modality | accuracy | 95% interval | n |", "| --- | --- | ---: | ---: | ---: |"]
     for task, entry in report["per_task"].items():
-        lines.append(f"| {task} | {MODALITY[task]} | {100 * entry['accuracy']:.1f}% | {entry['n']} |")
-    lines.append(f"| **mean** | | {100 * report['mean_task_accuracy']:.1f}% | |")
+        low, high = (100 * bound for bound in entry["interval_95"])
+        lines.append(
+            f"| {task} | {MODALITY[task]} | {100 * entry['accuracy']:.1f}% | {low:.0f}-{high:.0f}% | {entry['n']} |"
+        )
+    lines.append(f"| **mean** | | {100 * report['mean_task_accuracy']:.1f}% | | |")
     return "\n".join(lines)
 
 

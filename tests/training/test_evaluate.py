@@ -7,7 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from modeling_unimoe.training.evaluate import default_out, evaluate, main
+from modeling_unimoe.training.evaluate import (
+    accuracy_report,
+    default_out,
+    evaluate,
+    main,
+    markdown_table,
+    wilson_interval,
+)
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +44,36 @@ def test_default_output_is_under_build_not_the_checkpoint(tmp_path, monkeypatch)
         assert abs(sum(share) - 1) < 1e-5 and len(share) == routes["num_experts"]
     assert (out / "routing.png").read_bytes()[:4] == b"\x89PNG"
     assert _snapshot(MODEL) == before, "the evaluated folder was written to"
+
+
+def test_wilson_interval_matches_published_values():
+    """Newcombe (1998), Statistics in Medicine 17, 857-872, Table I, method 3 (score interval without continuity
+    correction)."""
+    published = {
+        (81, 263): (0.2553, 0.3662),
+        (15, 148): (0.0624, 0.1605),
+        (0, 20): (0.0, 0.1611),
+        (1, 29): (0.0061, 0.1718),
+    }
+    for (correct, n), expected in published.items():
+        assert tuple(round(bound, 4) for bound in wilson_interval(correct, n)) == expected
+    with pytest.raises(ValueError, match="An interval needs at least one example; got n=0."):
+        wilson_interval(0, 0)
+
+
+def test_report_and_table_give_each_tasks_interval():
+    records = [{"task": "image_color", "answer": "red"}] * 50 + [{"task": "text_add", "answer": "four"}] * 50
+    predictions = ["red"] * 45 + ["blue"] * 5 + ["four"] * 50
+    report = accuracy_report(records, predictions)
+    color = report["per_task"]["image_color"]
+    assert (color["correct"], color["n"], color["accuracy"]) == (45, 50, 0.9)
+    assert [round(bound, 4) for bound in color["interval_95"]] == [0.7864, 0.9565]
+    assert report["per_task"]["text_add"]["interval_95"][1] == 1.0
+    table = markdown_table(report).splitlines()
+    assert table[0] == "| task | modality | accuracy | 95% interval | n |"
+    assert table[2] == "| image_color | image | 90.0% | 79-96% | 50 |"
+    assert table[3] == "| text_add | text | 100.0% | 93-100% | 50 |"
+    assert table[4] == "| **mean** | | 95.0% | | |"
 
 
 def test_out_flag_is_used(tmp_path, monkeypatch):
