@@ -27,7 +27,7 @@ import torch
 
 from .collator import record_modality, record_to_messages
 from .routing import MODALITIES, plot_routing, routing_report, system_prefix_length
-from .synthetic import MODALITY, SPLITS, TASKS, is_correct, load_split, write_split
+from .synthetic import DISTRIBUTIONS, MODALITY, SPLITS, TASKS, is_correct, load_split, write_split
 
 
 def load_folder(folder, dtype=torch.float32):
@@ -39,11 +39,12 @@ def load_folder(folder, dtype=torch.float32):
     return model, processor
 
 
-def test_records(data, split: str = "test", n_per_task: int = 50, seed: int = 0, tasks=TASKS):
-    """The split's records (written with `write_split` first if missing)."""
+def test_records(data, split: str = "test", n_per_task: int = 50, seed: int = 0, tasks=TASKS, distribution="standard"):
+    """The split's records (written with `write_split` first if missing: `n_per_task`, `seed` and `distribution` apply
+    to that writing only)."""
     data = Path(data)
     if not (data / f"{split}.json").is_file():
-        write_split(data, split, n_per_task, seed)
+        write_split(data, split, n_per_task, seed, distribution=distribution)
     dataset = load_split(data, split)
     return [row for row in dataset if row["task"] in tasks]
 
@@ -146,12 +147,12 @@ def default_out(folder) -> Path:
 
 
 def evaluate(folder, data="build/tiny/data", split="test", out=None, n_per_task=50, routing=False, tasks=TASKS,
-             batch_size=16, log=print) -> dict:  # fmt: skip
+             batch_size=16, log=print, seed=0, distribution="standard") -> dict:  # fmt: skip
     folder = Path(folder)
     out = Path(out) if out is not None else default_out(folder)
     out.mkdir(parents=True, exist_ok=True)
     model, processor = load_folder(folder)
-    records = test_records(data, split, n_per_task, tasks=tasks)
+    records = test_records(data, split, n_per_task, seed, tasks, distribution)
     start = time.time()
     predictions = predict(model, processor, records, batch_size=batch_size)
     report = {"folder": str(folder), "split": split, **accuracy_report(records, predictions)}
@@ -182,11 +183,19 @@ def main(argv=None):
         "--split", default="test", choices=SPLITS, help="`shifted`: the held-out split of other media distributions"
     )
     parser.add_argument("--n-per-task", type=int, default=50, help="examples per task when the split is written")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the examples when the split is written")
+    parser.add_argument(
+        "--distribution",
+        default="standard",
+        choices=DISTRIBUTIONS,
+        help="when the split is written (`shifted` has one)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default: build/eval/<FOLDER's name>)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--routing", action="store_true", help="also write routing.json and routing.png")
     args = parser.parse_args(argv)
-    evaluate(args.folder, args.data, args.split, args.out, args.n_per_task, args.routing, batch_size=args.batch_size)
+    evaluate(args.folder, args.data, args.split, args.out, args.n_per_task, args.routing, batch_size=args.batch_size,
+             seed=args.seed, distribution=args.distribution)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -83,6 +83,18 @@ def test_out_flag_is_used(tmp_path, monkeypatch):
     assert not (tmp_path / "build").exists()
 
 
+def test_seed_and_distribution_flags_write_that_split(tmp_path):
+    from modeling_unimoe.training.synthetic import write_split
+
+    main([str(MODEL), "--data", str(tmp_path / "data"), "--n-per-task", "1", "--seed", "3", "--distribution", "wide",
+          "--out", str(tmp_path / "out")])  # fmt: skip
+    written = (tmp_path / "data" / "test.json").read_text()
+    assert written == write_split(tmp_path / "wide", "test", 1, 3, distribution="wide").read_text()
+    assert written != write_split(tmp_path / "standard", "test", 1, 3).read_text()
+    report = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert sum(entry["n"] for entry in report["per_task"].values()) == 8
+
+
 def test_routing_report_counts_each_tokens_modality_and_refuses_batches(tiny_model):
     """training/routing.py: each token counts as its own modality (a placeholder id as its medium, the rest as text),
     the prefix left out; every layer's shares sum to 1; batches of more than one prompt are refused."""
