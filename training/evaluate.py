@@ -7,8 +7,10 @@
 
 The folder is loaded through `AutoModelForCausalLM` / `AutoProcessor` with `trust_remote_code=True`; answers are
 greedy and scored by exact match of the normalised answer (`synthetic.is_correct`). Writes `eval.json` (per-task and
-per-modality accuracy with its 95% Wilson score interval, every prediction) into `--out` (default: `build/eval/<folder name>` under the current
-directory; the evaluated folder is never written to) and prints a markdown table. `--routing` also writes
+per-modality accuracy with its 95% Wilson score interval, every prediction) into `--out` (default:
+`build/eval/<folder name>` under the current directory; the evaluated folder is never written to) and prints a
+markdown table. A split missing from `--data` is written first (`--n-per-task`, `--seed`, `--distribution`); an
+existing one is read as it is. `--routing` also writes
 `routing.json` (per MoE layer, the share of each modality's token-expert assignments that go to each expert: the
 paper's expert preference analysis, `training.routing`) and `routing.png` (heat maps), over up to 16 examples of
 each modality; each token counts as its own modality (media placeholders as their medium, the rest as text), the
@@ -152,6 +154,10 @@ def evaluate(folder, data="build/tiny/data", split="test", out=None, n_per_task=
     out = Path(out) if out is not None else default_out(folder)
     out.mkdir(parents=True, exist_ok=True)
     model, processor = load_folder(folder)
+    if (Path(data) / f"{split}.json").is_file():
+        log(
+            f"Reading the {split} split already in {data} (--n-per-task, --seed and --distribution apply to a new one)"
+        )
     records = test_records(data, split, n_per_task, seed, tasks, distribution)
     start = time.time()
     predictions = predict(model, processor, records, batch_size=batch_size)
@@ -188,7 +194,7 @@ def main(argv=None):
         "--distribution",
         default="standard",
         choices=DISTRIBUTIONS,
-        help="when the split is written (`shifted` has one)",
+        help="the ranges of the test split when it is written (the shifted split has its own)",
     )
     parser.add_argument("--out", default=None, help="output folder (default: build/eval/<FOLDER's name>)")
     parser.add_argument("--batch-size", type=int, default=16)

@@ -93,6 +93,14 @@ def test_seed_and_distribution_flags_write_that_split(tmp_path):
     assert written != write_split(tmp_path / "standard", "test", 1, 3).read_text()
     report = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert sum(entry["n"] for entry in report["per_task"].values()) == 8
+    lines = []  # an existing split is read as it is, and the log says so
+    evaluate(MODEL, tmp_path / "data", "test", tmp_path / "again", n_per_task=2, seed=5, tasks=("text_add",),
+             log=lines.append)  # fmt: skip
+    assert lines[0] == (
+        f"Reading the test split already in {tmp_path / 'data'} (--n-per-task, --seed and --distribution apply to a "
+        "new one)"
+    )
+    assert json.loads((tmp_path / "again" / "eval.json").read_text())["per_task"]["text_add"]["n"] == 1
 
 
 def test_routing_report_counts_each_tokens_modality_and_refuses_batches(tiny_model):
