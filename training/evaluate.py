@@ -41,12 +41,17 @@ def load_folder(folder, dtype=torch.float32):
     return model, processor
 
 
-def test_records(data, split: str = "test", n_per_task: int = 50, seed: int = 0, tasks=TASKS, distribution="standard"):
+def test_records(data, split: str = "test", n_per_task: int = 50, seed: int = 0, tasks=TASKS, distribution="standard",
+                 log=None):  # fmt: skip
     """The split's records (written with `write_split` first if missing: `n_per_task`, `seed` and `distribution` apply
-    to that writing only)."""
+    to that writing only; `log` is told when an existing split is read)."""
     data = Path(data)
     if not (data / f"{split}.json").is_file():
         write_split(data, split, n_per_task, seed, distribution=distribution)
+    elif log is not None:
+        log(
+            f"Reading the {split} split already in {data} (--n-per-task, --seed and --distribution apply to a new one)"
+        )
     dataset = load_split(data, split)
     return [row for row in dataset if row["task"] in tasks]
 
@@ -154,11 +159,7 @@ def evaluate(folder, data="build/tiny/data", split="test", out=None, n_per_task=
     out = Path(out) if out is not None else default_out(folder)
     out.mkdir(parents=True, exist_ok=True)
     model, processor = load_folder(folder)
-    if (Path(data) / f"{split}.json").is_file():
-        log(
-            f"Reading the {split} split already in {data} (--n-per-task, --seed and --distribution apply to a new one)"
-        )
-    records = test_records(data, split, n_per_task, seed, tasks, distribution)
+    records = test_records(data, split, n_per_task, seed, tasks, distribution, log)
     start = time.time()
     predictions = predict(model, processor, records, batch_size=batch_size)
     report = {"folder": str(folder), "split": split, **accuracy_report(records, predictions)}
