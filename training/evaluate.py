@@ -9,8 +9,8 @@ The folder is loaded through `AutoModelForCausalLM` / `AutoProcessor` with `trus
 greedy and scored by exact match of the normalised answer (`synthetic.is_correct`). Writes `eval.json` (per-task and
 per-modality accuracy with its 95% Wilson score interval, every prediction) into `--out` (default:
 `build/eval/<folder name>` under the current directory; the evaluated folder is never written to) and prints a
-markdown table. A split missing from `--data` is written first (`--n-per-task`, `--seed`, `--distribution`); an
-existing one is read as it is. `--routing` also writes
+markdown table. A split missing from `--data` is written first (`--n-per-task`, `--seed`, `--distribution`, and
+`--shift`: a shifted split with only some of its parameter groups shifted); an existing one is read as it is. `--routing` also writes
 `routing.json` (per MoE layer, the share of each modality's token-expert assignments that go to each expert: the
 paper's expert preference analysis, `training.routing`) and `routing.png` (heat maps), over up to 16 examples of
 each modality; each token counts as its own modality (media placeholders as their medium, the rest as text), the
@@ -29,7 +29,7 @@ import torch
 
 from .collator import record_modality, record_to_messages
 from .routing import MODALITIES, plot_routing, routing_report, system_prefix_length
-from .synthetic import DISTRIBUTIONS, MODALITY, SPLITS, TASKS, is_correct, load_split, write_split
+from .synthetic import DISTRIBUTIONS, MODALITY, SHIFT_GROUPS, SPLITS, TASKS, is_correct, load_split, write_split
 
 
 def load_folder(folder, dtype=torch.float32):
@@ -42,15 +42,16 @@ def load_folder(folder, dtype=torch.float32):
 
 
 def test_records(data, split: str = "test", n_per_task: int = 50, seed: int = 0, tasks=TASKS, distribution="standard",
-                 log=None):  # fmt: skip
-    """The split's records (written with `write_split` first if missing: `n_per_task`, `seed` and `distribution` apply
-    to that writing only; `log` is told when an existing split is read)."""
+                 log=None, shift=None):  # fmt: skip
+    """The split's records (written with `write_split` first if missing: `n_per_task`, `seed`, `distribution` and
+    `shift` apply to that writing only; `log` is told when an existing split is read)."""
     data = Path(data)
     if not (data / f"{split}.json").is_file():
-        write_split(data, split, n_per_task, seed, distribution=distribution)
+        write_split(data, split, n_per_task, seed, distribution=distribution, shift=shift)
     elif log is not None:
         log(
-            f"Reading the {split} split already in {data} (--n-per-task, --seed and --distribution apply to a new one)"
+            f"Reading the {split} split already in {data} (--n-per-task, --seed, --distribution and --shift apply to "
+            "a new one)"
         )
     dataset = load_split(data, split)
     return [row for row in dataset if row["task"] in tasks]
@@ -154,12 +155,12 @@ def default_out(folder) -> Path:
 
 
 def evaluate(folder, data="build/tiny/data", split="test", out=None, n_per_task=50, routing=False, tasks=TASKS,
-             batch_size=16, log=print, seed=0, distribution="standard") -> dict:  # fmt: skip
+             batch_size=16, log=print, seed=0, distribution="standard", shift=None) -> dict:  # fmt: skip
     folder = Path(folder)
     out = Path(out) if out is not None else default_out(folder)
     out.mkdir(parents=True, exist_ok=True)
     model, processor = load_folder(folder)
-    records = test_records(data, split, n_per_task, seed, tasks, distribution, log)
+    records = test_records(data, split, n_per_task, seed, tasks, distribution, log, shift)
     start = time.time()
     predictions = predict(model, processor, records, batch_size=batch_size)
     report = {"folder": str(folder), "split": split, **accuracy_report(records, predictions)}
@@ -197,12 +198,18 @@ def main(argv=None):
         choices=DISTRIBUTIONS,
         help="the ranges of the test split when it is written (the shifted split has its own)",
     )
+    parser.add_argument(
+        "--shift",
+        nargs="+",
+        choices=SHIFT_GROUPS,
+        help="write the shifted split with only these parameter groups from SHIFTED, the rest from WIDE",
+    )
     parser.add_argument("--out", default=None, help="output folder (default: build/eval/<FOLDER's name>)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--routing", action="store_true", help="also write routing.json and routing.png")
     args = parser.parse_args(argv)
     evaluate(args.folder, args.data, args.split, args.out, args.n_per_task, args.routing, batch_size=args.batch_size,
-             seed=args.seed, distribution=args.distribution)  # fmt: skip
+             seed=args.seed, distribution=args.distribution, shift=None if args.shift is None else tuple(args.shift))  # fmt: skip
 
 
 if __name__ == "__main__":

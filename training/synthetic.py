@@ -30,8 +30,9 @@ exercise resampling downstream); `resample` takes any waveform to 16 kHz (`SAMPL
 The table describes the standard distribution (`STANDARD`). `distribution="wide"` draws the train, validation and test
 splits from `WIDE` instead: canvases of other sizes, aspects and backgrounds, outlined shapes, videos of other frame
 counts and travel, sounds of 0.4-10 s with other beep lengths, gaps, pitches and loudness, stereo; a beep sound's length
-is drawn before its beeps, so that a long sound holds any count alike. The `shifted` split always draws from
-`SHIFTED`, whose ranges lie between and beside WIDE's (`training/synthetic_media.py`).
+is drawn before its beeps, so that a long sound holds any count alike. The `shifted` split draws from `SHIFTED`,
+whose ranges lie between and beside WIDE's (`training/synthetic_media.py`); with `shift=` only the named groups of its
+parameters (`SHIFT_GROUPS`), and the others from WIDE.
 
 On disk (`write_split`) a split is a JSON list in the original Uni-MoE data layout, media paths relative to the JSON:
 
@@ -89,7 +90,7 @@ TASKS = (
     "text_add",
 )
 SPLITS = ("train", "validation", "test", "shifted")
-# what the train, validation and test splits draw their media from (the shifted split always draws from SHIFTED)
+# what the train, validation and test splits draw their media from (the shifted split draws from `shifted_ranges`)
 DISTRIBUTIONS = ("standard", "wide")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIRECTIONS = ("left", "right", "up", "down")
@@ -142,6 +143,40 @@ MODALITY = {
     "text_add": "text",
 }
 
+# The shifted split's parameters in the groups they are drawn in, each with the tasks whose media it changes. A shifted
+# split written with `shift=(group, ...)` draws those groups from SHIFTED and every other parameter from WIDE (the
+# distribution the checked-in model is trained on): what one kind of shift alone costs (`training.shift_study`).
+_IMAGE_TASKS, _FRAME_TASKS = (
+    ("image_color", "image_shape", "image_count"),
+    ("image_color", "image_shape", "image_count", "video_direction"),
+)
+_AUDIO_TASKS = ("sound_beeps", "sound_pitch", "speech_digit")
+SHIFT_GROUPS = {
+    "canvas": (("canvas",), _IMAGE_TASKS),
+    "aspect": (("aspect",), _FRAME_TASKS),
+    "shape": (("shape",), _IMAGE_TASKS),
+    "background": (("background", "grey", "tint"), _FRAME_TASKS),
+    "pixel_noise": (("pixel_noise",), _FRAME_TASKS),
+    "outline": (("outline",), _FRAME_TASKS),
+    "video_canvas": (("video_canvas",), ("video_direction",)),
+    "frames": (("frames",), ("video_direction",)),
+    "travel": (("travel",), ("video_direction",)),
+    "video_shape": (("video_shape",), ("video_direction",)),
+    "rates": (("rates",), _AUDIO_TASKS),
+    "seconds": (("seconds", "length_first"), ("sound_beeps", "sound_pitch")),
+    "beep": (("beep",), ("sound_beeps",)),
+    "gap": (("gap",), ("sound_beeps",)),
+    "beep_hz": (("beep_hz",), ("sound_beeps",)),
+    "amplitude": (("amplitude",), ("sound_beeps", "sound_pitch")),
+    "noise": (("noise",), ("sound_beeps", "sound_pitch")),
+    "tone": (("tone",), ("sound_pitch",)),
+    "high_hz": (("high_hz",), ("sound_pitch",)),
+    "low_hz": (("low_hz",), ("sound_pitch",)),
+    "speed": (("speed",), ("speech_digit",)),
+    "speech_gain": (("speech_gain",), ("speech_digit",)),
+    "speech_noise": (("speech_noise",), ("speech_digit",)),
+}
+
 VIDEO_FPS = 8
 
 _PLACEHOLDER = {"image": "<image>\n", "video": "<video>\n", "sound": "<audio>\n", "speech": "<audio>\n", "text": ""}
@@ -154,6 +189,20 @@ _MEDIA_KEY = {"image": "image", "video": "video", "sound": "voice", "speech": "v
 def _check_choice(name: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"Unknown {name} {value!r}; expected one of {', '.join(map(repr, allowed))}.")
+
+
+def shifted_ranges(shift=None) -> dict:
+    """The ranges the shifted split draws from: `SHIFTED` for `shift=None`; for a tuple of `SHIFT_GROUPS` names, those
+    groups' parameters from SHIFTED and the rest from `WIDE` (an empty tuple: WIDE's ranges alone)."""
+    if shift is None:
+        return SHIFTED
+    if isinstance(shift, str) or not all(isinstance(group, str) for group in shift):
+        raise TypeError(f"shift must be None or a tuple of SHIFT_GROUPS names (e.g. ('beep_hz',)); got {shift!r}.")
+    ranges = dict(WIDE)
+    for group in shift:
+        _check_choice("shift group", group, SHIFT_GROUPS)
+        ranges.update({key: SHIFTED[key] for key in SHIFT_GROUPS[group][0]})
+    return ranges
 
 
 # ----------------------------------------------------------------------------------------------------------- examples
@@ -177,6 +226,7 @@ def make_example(
     image_size: int | None = None,
     sampling_rate: int | None = None,
     distribution: str = "standard",
+    shift: tuple[str, ...] | None = None,
 ) -> dict:
     """One example, as a pure function of its arguments:
 
@@ -184,7 +234,7 @@ def make_example(
     (a list of such frames), or `"audio"` (a `(float32 waveform, sampling_rate)` pair: the waveform [samples], or
     [samples, 2] for stereo sounds) and `"audio_kind"` (`"sound"` or `"speech"`). The train, validation and test
     splits draw from the `distribution`'s ranges ("standard": `STANDARD`, "wide": `WIDE`), the shifted split from
-    `SHIFTED`; the wide distribution's splits also word the question in one of `PHRASINGS`' ways or as
+    `shifted_ranges(shift)` (`SHIFTED` unless `shift` names `SHIFT_GROUPS`); the wide distribution's splits also word the question in one of `PHRASINGS`' ways or as
     `QUESTIONS`. Images and frames are `IMAGE_SIZE` px squares in the standard distribution and of the ranges' sizes and
     aspects otherwise, `image_size` x `image_size` when it is given; `sampling_rate=None` picks one of the ranges'
     rates at random.
@@ -195,7 +245,12 @@ def make_example(
     if sampling_rate is not None:
         _check_rate(sampling_rate)
     _check_choice("distribution", distribution, DISTRIBUTIONS)
-    ranges = SHIFTED if split == "shifted" else WIDE if distribution == "wide" else None
+    if shift is not None and split != "shifted":
+        raise ValueError(
+            f"shift={shift!r} applies to the shifted split only; got split={split!r}. Pass split='shifted', or leave "
+            "shift out."
+        )
+    ranges = shifted_ranges(shift) if split == "shifted" else WIDE if distribution == "wide" else None
     modality, answers = MODALITY[task], ANSWERS[task]
     answer = answers[index % len(answers)]
     example = {
@@ -274,10 +329,11 @@ def write_split(
     image_size: int | None = None,
     sampling_rate: int | None = None,
     distribution: str = "standard",
+    shift: tuple[str, ...] | None = None,
 ) -> Path:
     """Write `n_per_task` examples (indices 0..n-1) of each task to `out_dir/<split>/<task>/<index>.(png|mp4|wav)`
-    and `out_dir/<split>.json` (the original layout, paths relative to out_dir), drawn from `distribution` (see
-    `make_example`). Returns the JSON's path."""
+    and `out_dir/<split>.json` (the original layout, paths relative to out_dir), drawn from `distribution` and
+    `shift` (see `make_example`). Returns the JSON's path."""
     import soundfile
 
     _check_choice("split", split, SPLITS)
@@ -287,7 +343,7 @@ def write_split(
         raise ValueError(f"tasks is empty; expected some of {', '.join(TASKS)}.")
     for task in tasks:
         _check_choice("task", task, TASKS)
-    options = dict(image_size=image_size, sampling_rate=sampling_rate, distribution=distribution)
+    options = dict(image_size=image_size, sampling_rate=sampling_rate, distribution=distribution, shift=shift)
     make_example(tasks[0], split, 0, seed, **options)  # checks the rest
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,77 @@
+"""training/shift_study.py takes the shifted split apart by parameter group, and `evaluate --shift` writes such a
+split."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from modeling_unimoe.training.evaluate import main as evaluate_main
+from modeling_unimoe.training.shift_study import SHIFTABLE_TASKS, shift_study, study_rows, study_table
+from modeling_unimoe.training.synthetic import TASKS, load_split, make_example, write_split
+
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = REPO / "checkpoints" / "uni-moe-tiny"
+needs_model = pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason=f"no embedded checkpoint at {MODEL}")
+
+
+def test_rows_frame_the_groups_that_change_the_tasks():
+    rows = study_rows(("sound_pitch", "sound_beeps"))
+    assert rows["none"] == ((), ("sound_beeps", "sound_pitch")) and rows["all"] == (
+        None,
+        ("sound_beeps", "sound_pitch"),
+    )
+    assert list(rows)[1:-1] == ["rates", "seconds", "beep", "gap", "beep_hz", "amplitude", "noise", "tone", "high_hz",
+                                "low_hz"]  # fmt: skip
+    assert rows["beep_hz"] == (("beep_hz",), ("sound_beeps",)) and rows["noise"][1] == ("sound_beeps", "sound_pitch")
+    assert SHIFTABLE_TASKS == TASKS[:-1]
+    with pytest.raises(ValueError, match=re.escape("of which ['text_add'] have none or are unknown")):
+        study_rows(("image_color", "text_add"))
+    with pytest.raises(ValueError, match=re.escape("A shift study scores tasks with media; got []")):
+        study_rows(())
+
+
+def test_table_shows_each_rows_change_from_none():
+    def row(**accuracies):
+        return {"per_task": {task: {"accuracy": value} for task, value in accuracies.items()}}
+
+    rows = {"none": row(sound_beeps=0.5, sound_pitch=1.0), "beep_hz": row(sound_beeps=0.42),
+            "all": row(sound_beeps=0.36, sound_pitch=0.88)}  # fmt: skip
+    assert study_table(rows, ("sound_beeps", "sound_pitch")).splitlines() == [
+        "| shifted | sound_beeps | sound_pitch |",
+        "| --- | ---: | ---: |",
+        "| none | 50 | 100 |",
+        "| beep_hz | 42 (-8) |  |",
+        "| all | 36 (-14) | 88 (-12) |",
+    ]
+
+
+@needs_model
+def test_study_scores_each_rows_own_split(tmp_path):
+    report = shift_study(MODEL, ("sound_pitch",), n_per_task=2, out=tmp_path, log=lambda *_: None)
+    written = json.loads((tmp_path / "shift_study.json").read_text())
+    assert written["rows"].keys() == report["rows"].keys() == study_rows(("sound_pitch",)).keys()
+    for name, row in written["rows"].items():
+        assert row["per_task"]["sound_pitch"]["n"] == 2, name
+    # the high_hz row's sounds are the shifted examples with that group shifted alone
+    record = load_split(tmp_path / "data" / "high_hz", "shifted")[0]
+    example = make_example("sound_pitch", "shifted", 0, shift=("high_hz",))
+    assert written["rows"]["high_hz"]["shift"] == ["high_hz"] and record["answer"] == example["answer"] == "high"
+    reference = tmp_path / "reference"
+    write_split(reference, "shifted", 1, tasks=["sound_pitch"], shift=("high_hz",))
+    written_wave = (tmp_path / "data" / "high_hz" / "shifted" / "sound_pitch" / "00000.wav").read_bytes()
+    assert written_wave == (reference / "shifted" / "sound_pitch" / "00000.wav").read_bytes()
+
+
+@needs_model
+def test_evaluate_shift_writes_the_partly_shifted_split(tmp_path):
+    evaluate_main([str(MODEL), "--data", str(tmp_path / "data"), "--split", "shifted", "--shift", "beep_hz", "gap",
+                   "--n-per-task", "1", "--out", str(tmp_path / "eval")])  # fmt: skip
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["per_task"]["sound_beeps"]["n"] == 1
+    write_split(tmp_path / "reference", "shifted", 1, shift=("beep_hz", "gap"))
+    for task in ("sound_beeps", "image_shape"):
+        suffix = "wav" if task == "sound_beeps" else "png"
+        path = Path("shifted") / task / f"00000.{suffix}"
+        assert (tmp_path / "data" / path).read_bytes() == (tmp_path / "reference" / path).read_bytes()
