@@ -97,8 +97,8 @@ def test_seed_and_distribution_flags_write_that_split(tmp_path):
     evaluate(MODEL, tmp_path / "data", "test", tmp_path / "again", n_per_task=2, seed=5, tasks=("text_add",),
              log=lines.append)  # fmt: skip
     assert lines[0] == (
-        f"Reading the test split already in {tmp_path / 'data'} (--n-per-task, --seed and --distribution apply to a "
-        "new one)"
+        f"Reading the test split already in {tmp_path / 'data'} (--n-per-task, --seed, --distribution and --shift "
+        "apply to a new one)"
     )
     assert json.loads((tmp_path / "again" / "eval.json").read_text())["per_task"]["text_add"]["n"] == 1
 
