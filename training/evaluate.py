@@ -10,11 +10,11 @@ greedy and scored by exact match of the normalised answer (`synthetic.is_correct
 per-modality accuracy with its 95% Wilson score interval, every prediction) into `--out` (default:
 `build/eval/<folder name>` under the current directory; the evaluated folder is never written to) and prints a
 markdown table. A split missing from `--data` is written first (`--n-per-task`, `--seed`, `--distribution`, and
-`--shift`: a shifted split with only some of its parameter groups shifted); an existing one is read as it is. `--routing` also writes
-`routing.json` (per MoE layer, the share of each modality's token-expert assignments that go to each expert: the
-paper's expert preference analysis, `training.routing`) and `routing.png` (heat maps), over up to 16 examples of
-each modality; each token counts as its own modality (media placeholders as their medium, the rest as text), the
-system prompt left out.
+`--shift`: a shifted split with only some of its parameter groups shifted); an existing one is read as it is.
+`--routing` also writes `routing.json` (per MoE layer, the share of each modality's token-expert assignments that go to
+each expert: the paper's expert preference analysis, `training.routing`) and `routing.png` (heat maps), over up to 16
+examples of each modality; each token counts as its own modality (media placeholders as their medium, the rest as
+text), the system prompt left out.
 """
 
 from __future__ import annotations
@@ -208,8 +208,9 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--routing", action="store_true", help="also write routing.json and routing.png")
     args = parser.parse_args(argv)
+    shift = None if args.shift is None else tuple(args.shift)
     evaluate(args.folder, args.data, args.split, args.out, args.n_per_task, args.routing, batch_size=args.batch_size,
-             seed=args.seed, distribution=args.distribution, shift=None if args.shift is None else tuple(args.shift))  # fmt: skip
+             seed=args.seed, distribution=args.distribution, shift=shift)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ def study_table(rows: dict, tasks) -> str:
 
 def shift_study(folder, tasks=SHIFTABLE_TASKS, n_per_task=50, seed=0, out="build/shift-study", batch_size=16,
                 log=print) -> dict:  # fmt: skip
+    """The study of `folder` (see the module's docstring); returns what it writes to `OUT/shift_study.json`."""
     plan = study_rows(tasks)
     out = Path(out)
     model, processor = load_folder(folder)

@@ -146,10 +146,8 @@ MODALITY = {
 # The shifted split's parameters in the groups they are drawn in, each with the tasks whose media it changes. A shifted
 # split written with `shift=(group, ...)` draws those groups from SHIFTED and every other parameter from WIDE (the
 # distribution the checked-in model is trained on): what one kind of shift alone costs (`training.shift_study`).
-_IMAGE_TASKS, _FRAME_TASKS = (
-    ("image_color", "image_shape", "image_count"),
-    ("image_color", "image_shape", "image_count", "video_direction"),
-)
+_IMAGE_TASKS = ("image_color", "image_shape", "image_count")
+_FRAME_TASKS = (*_IMAGE_TASKS, "video_direction")
 _AUDIO_TASKS = ("sound_beeps", "sound_pitch", "speech_digit")
 SHIFT_GROUPS = {
     "canvas": (("canvas",), _IMAGE_TASKS),
@@ -234,10 +232,10 @@ def make_example(
     (a list of such frames), or `"audio"` (a `(float32 waveform, sampling_rate)` pair: the waveform [samples], or
     [samples, 2] for stereo sounds) and `"audio_kind"` (`"sound"` or `"speech"`). The train, validation and test
     splits draw from the `distribution`'s ranges ("standard": `STANDARD`, "wide": `WIDE`), the shifted split from
-    `shifted_ranges(shift)` (`SHIFTED` unless `shift` names `SHIFT_GROUPS`); the wide distribution's splits also word the question in one of `PHRASINGS`' ways or as
-    `QUESTIONS`. Images and frames are `IMAGE_SIZE` px squares in the standard distribution and of the ranges' sizes and
-    aspects otherwise, `image_size` x `image_size` when it is given; `sampling_rate=None` picks one of the ranges'
-    rates at random.
+    `shifted_ranges(shift)` (`SHIFTED` unless `shift` names `SHIFT_GROUPS`); the wide distribution's splits also word
+    the question in one of `PHRASINGS`' ways or as `QUESTIONS`. Images and frames are `IMAGE_SIZE` px squares in the
+    standard distribution and of the ranges' sizes and aspects otherwise, `image_size` x `image_size` when it is
+    given; `sampling_rate=None` picks one of the ranges' rates at random.
     """
     rng = example_rng(task, split, index, seed)
     if image_size is not None:

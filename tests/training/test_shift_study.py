@@ -1,5 +1,5 @@
-"""training/shift_study.py takes the shifted split apart by parameter group, and `evaluate --shift` writes such a
-split."""
+"""The shifted split taken apart by parameter group: `synthetic.SHIFT_GROUPS` / `shift=`, training/shift_study.py, and
+`evaluate --shift`."""
 
 import json
 import re
@@ -9,12 +9,66 @@ import pytest
 
 from modeling_unimoe.training.evaluate import main as evaluate_main
 from modeling_unimoe.training.shift_study import SHIFTABLE_TASKS, shift_study, study_rows, study_table
-from modeling_unimoe.training.synthetic import TASKS, load_split, make_example, write_split
+from modeling_unimoe.training.synthetic import (
+    SHIFT_GROUPS,
+    TASKS,
+    load_split,
+    make_example,
+    shifted_ranges,
+    write_split,
+)
+from modeling_unimoe.training.synthetic_media import SHIFTED, WIDE
 
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "checkpoints" / "uni-moe-tiny"
 needs_model = pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason=f"no embedded checkpoint at {MODEL}")
+
+
+def test_shift_groups_hold_every_shifted_parameter_once():
+    """Each parameter SHIFTED draws other than WIDE is in one group (background with the grey and tint it picks
+    between), and no group is the same in both."""
+    keys = [key for group_keys, _ in SHIFT_GROUPS.values() for key in group_keys]
+    assert len(keys) == len(set(keys))
+    assert set(keys) == {key for key in SHIFTED if SHIFTED[key] != WIDE[key]} | {"background"}
+    for group, (group_keys, _) in SHIFT_GROUPS.items():
+        assert any(SHIFTED[key] != WIDE[key] for key in group_keys), group
+    assert shifted_ranges() is SHIFTED and shifted_ranges(()) == WIDE
+    assert shifted_ranges(("gap", "noise")) == {**WIDE, "gap": SHIFTED["gap"], "noise": SHIFTED["noise"]}
+
+
+def _media(example) -> bytes:
+    if "image" in example:
+        return example["image"].tobytes()
+    if "video" in example:
+        return b"".join(frame.tobytes() for frame in example["video"])
+    return example["audio"][0].tobytes() + str(example["audio"][1]).encode()
+
+
+@pytest.mark.parametrize("group", list(SHIFT_GROUPS))
+def test_a_shift_group_changes_the_media_of_its_tasks_only(group):
+    """Shifted examples with one group shifted differ from the WIDE-only ones (`shift=()`) in the tasks the group names
+    (some of 4: a grey shade only shows on a grey background) and in no other task; answers and questions stay."""
+    changed = SHIFT_GROUPS[group][1]
+    for task in TASKS[:-1]:  # text_add has no media
+        differ = []
+        for index in range(4):
+            base = make_example(task, "shifted", index, shift=())
+            shifted = make_example(task, "shifted", index, shift=(group,))
+            assert (shifted["answer"], shifted["question"]) == (base["answer"], base["question"])
+            differ.append(_media(shifted) != _media(base))
+        assert any(differ) == (task in changed), (task, differ)
+
+
+def test_shift_arguments_are_checked():
+    with pytest.raises(
+        ValueError, match=re.escape("shift=('gap',) applies to the shifted split only; got split='test'")
+    ):
+        make_example("sound_beeps", "test", 0, shift=("gap",))
+    with pytest.raises(ValueError, match="Unknown shift group 'pitch'; expected one of 'canvas'"):
+        write_split("unused", "shifted", 1, shift=("pitch",))
+    with pytest.raises(TypeError, match="shift must be None or a tuple of SHIFT_GROUPS names"):
+        shifted_ranges("gap")
 
 
 def test_rows_frame_the_groups_that_change_the_tasks():

@@ -17,14 +17,12 @@ from modeling_unimoe.training.synthetic import (
     NUMBER_WORDS,
     PHRASINGS,
     QUESTIONS,
-    SHIFT_GROUPS,
     SPLITS,
     TASKS,
     is_correct,
     load_split,
     make_example,
     normalize_answer,
-    shifted_ranges,
     write_split,
 )
 from modeling_unimoe.training.synthetic_media import (
@@ -366,52 +364,6 @@ def test_wide_ranges_lie_beside_the_shifted_ones_where_a_model_must_generalise()
     assert WIDE["background"] == SHIFTED["background"] and WIDE["stereo"] == SHIFTED["stereo"]
     for key in set(SHARED_WITH_SHIFTED) - {"background", "stereo"}:  # intervals that overlap
         assert any(low < w_high and w_low < high for low, high in SHIFTED[key] for w_low, w_high in WIDE[key]), key
-
-
-def test_shift_groups_hold_every_shifted_parameter_once():
-    """Each parameter SHIFTED draws other than WIDE is in one group (background with the grey and tint it picks
-    between), and no group is the same in both."""
-    keys = [key for group_keys, _ in SHIFT_GROUPS.values() for key in group_keys]
-    assert len(keys) == len(set(keys))
-    assert set(keys) == {key for key in SHIFTED if SHIFTED[key] != WIDE[key]} | {"background"}
-    for group, (group_keys, _) in SHIFT_GROUPS.items():
-        assert any(SHIFTED[key] != WIDE[key] for key in group_keys), group
-    assert shifted_ranges() is SHIFTED and shifted_ranges(()) == WIDE
-    assert shifted_ranges(("gap", "noise")) == {**WIDE, "gap": SHIFTED["gap"], "noise": SHIFTED["noise"]}
-
-
-def _media(example) -> bytes:
-    if "image" in example:
-        return example["image"].tobytes()
-    if "video" in example:
-        return b"".join(frame.tobytes() for frame in example["video"])
-    return example["audio"][0].tobytes() + str(example["audio"][1]).encode()
-
-
-@pytest.mark.parametrize("group", list(SHIFT_GROUPS))
-def test_a_shift_group_changes_the_media_of_its_tasks_only(group):
-    """Shifted examples with one group shifted differ from the WIDE-only ones (`shift=()`) in the tasks the group names
-    (some of 4: a grey shade only shows on a grey background) and in no other task; answers and questions stay."""
-    changed = SHIFT_GROUPS[group][1]
-    for task in TASKS[:-1]:  # text_add has no media
-        differ = []
-        for index in range(4):
-            base = make_example(task, "shifted", index, shift=())
-            shifted = make_example(task, "shifted", index, shift=(group,))
-            assert (shifted["answer"], shifted["question"]) == (base["answer"], base["question"])
-            differ.append(_media(shifted) != _media(base))
-        assert any(differ) == (task in changed), (task, differ)
-
-
-def test_shift_arguments_are_checked():
-    with pytest.raises(
-        ValueError, match=re.escape("shift=('gap',) applies to the shifted split only; got split='test'")
-    ):
-        make_example("sound_beeps", "test", 0, shift=("gap",))
-    with pytest.raises(ValueError, match="Unknown shift group 'pitch'; expected one of 'canvas'"):
-        write_split("unused", "shifted", 1, shift=("pitch",))
-    with pytest.raises(TypeError, match="shift must be None or a tuple of SHIFT_GROUPS names"):
-        shifted_ranges("gap")
 
 
 def test_wide_beep_sounds_are_not_longer_for_more_beeps():
