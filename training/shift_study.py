@@ -3,18 +3,21 @@
 
     python -m modeling_unimoe.training.shift_study checkpoints/uni-moe-tiny --tasks sound_beeps image_shape
     python -m modeling_unimoe.training.shift_study checkpoints/uni-moe-tiny --n-per-task 100 --out build/shift-study
+    python -m modeling_unimoe.training.shift_study checkpoints/uni-moe-tiny --tasks sound_pitch --pairs
 
 For each `synthetic.SHIFT_GROUPS` group that changes one of `--tasks`, writes a shifted split whose media draw that
 group's parameters from `SHIFTED` and every other parameter from `WIDE` (`synthetic.shifted_ranges`), under
 `OUT/data/<group>/`, and scores the model on it. Two rows frame them: `none` (every parameter from WIDE, on the shifted
 split's examples) and `all` (the shifted split itself). All rows use the same seeds, so a row's difference from `none`
-is what that shift alone costs. Writes `OUT/shift_study.json` (every row's `accuracy_report`) and prints a markdown
+is what that shift alone costs. `--pairs` adds a row for each pair of groups that change the same task (`a+b`, scored
+on the tasks both change): shifts that cost little alone may cost much together. Writes `OUT/shift_study.json` (every row's `accuracy_report`) and prints a markdown
 table of accuracies with each row's change from `none`. Each row's split is written anew (the same files each time).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -27,9 +30,9 @@ from .synthetic import SHIFT_GROUPS, TASKS, load_split, write_split
 SHIFTABLE_TASKS = tuple(task for task in TASKS if any(task in changed for _, changed in SHIFT_GROUPS.values()))
 
 
-def study_rows(tasks) -> dict:
+def study_rows(tasks, pairs: bool = False) -> dict:
     """Row name -> (the `shift` of its split, the tasks it scores): `none` and `all` score every one of `tasks`, each
-    group between them the ones it changes."""
+    group between them the ones it changes; with `pairs`, also each pair of groups (`a+b`) the ones both change."""
     unknown = [task for task in tasks if task not in SHIFTABLE_TASKS]
     if unknown or not tasks:
         raise ValueError(
@@ -42,6 +45,11 @@ def study_rows(tasks) -> dict:
         scored = tuple(task for task in tasks if task in changed)
         if scored:
             rows[group] = ((group,), scored)
+    if pairs:
+        for first, second in itertools.combinations(list(rows)[1:], 2):
+            scored = tuple(task for task in rows[first][1] if task in rows[second][1])
+            if scored:
+                rows[f"{first}+{second}"] = ((first, second), scored)
     rows["all"] = (None, tasks)
     return rows
 
@@ -65,9 +73,9 @@ def study_table(rows: dict, tasks) -> str:
 
 
 def shift_study(folder, tasks=SHIFTABLE_TASKS, n_per_task=50, seed=0, out="build/shift-study", batch_size=16,
-                log=print) -> dict:  # fmt: skip
+                log=print, pairs=False) -> dict:  # fmt: skip
     """The study of `folder` (see the module's docstring); returns what it writes to `OUT/shift_study.json`."""
-    plan = study_rows(tasks)
+    plan = study_rows(tasks, pairs)
     out = Path(out)
     model, processor = load_folder(folder)
     rows = {}
@@ -93,8 +101,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of the examples (the same for every row)")
     parser.add_argument("--out", default="build/shift-study", help="output folder (splits under OUT/data/)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--pairs", action="store_true", help="also each pair of groups that change the same task")
     args = parser.parse_args(argv)
-    shift_study(args.folder, args.tasks, args.n_per_task, args.seed, args.out, args.batch_size)
+    shift_study(args.folder, args.tasks, args.n_per_task, args.seed, args.out, args.batch_size, pairs=args.pairs)
 
 
 if __name__ == "__main__":

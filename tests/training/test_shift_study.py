@@ -81,6 +81,14 @@ def test_rows_frame_the_groups_that_change_the_tasks():
                                 "low_hz"]  # fmt: skip
     assert rows["beep_hz"] == (("beep_hz",), ("sound_beeps",)) and rows["noise"][1] == ("sound_beeps", "sound_pitch")
     assert SHIFTABLE_TASKS == TASKS[:-1]
+    pairs = study_rows(("sound_pitch", "speech_digit"), pairs=True)
+    singles = ["rates", "seconds", "amplitude", "noise", "tone", "high_hz", "low_hz", "speed", "speech_gain",
+               "speech_noise"]  # fmt: skip
+    assert list(pairs)[: len(singles) + 1] == ["none", *singles] and list(pairs)[-1] == "all"
+    # a pair is scored on the tasks both of its groups change, and pairs that share none are left out
+    assert pairs["rates+seconds"] == (("rates", "seconds"), ("sound_pitch",))
+    assert pairs["rates+speed"] == (("rates", "speed"), ("speech_digit",)) and "noise+speed" not in pairs
+    assert len(pairs) == 2 + len(singles) + 21 + 6  # 7 groups change the tones (21 pairs), 4 the digits (6)
     with pytest.raises(ValueError, match=re.escape("of which ['text_add'] have none or are unknown")):
         study_rows(("image_color", "text_add"))
     with pytest.raises(ValueError, match=re.escape("A shift study scores tasks with media; got []")):
