@@ -1,6 +1,18 @@
-"""Shared builders for the tests."""
+"""Shared builders and paths for the tests."""
+
+from pathlib import Path
+
+import pytest
 
 from modeling_unimoe import UniMoEConfig, UniMoETextConfig
+
+
+REPO = Path(__file__).resolve().parents[1]
+# the embedded Uni-MoE-Tiny (`make run`, the README, the demo and the evaluation run on it)
+TINY_CHECKPOINT = REPO / "checkpoints" / "uni-moe-tiny"
+needs_tiny_checkpoint = pytest.mark.skipif(
+    not (TINY_CHECKPOINT / "config.json").is_file(), reason=f"no embedded checkpoint at {TINY_CHECKPOINT}"
+)
 
 
 def text_only_config(**text_kwargs) -> UniMoEConfig:

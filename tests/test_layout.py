@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
+
 # import-name prefix -> folder (pyproject's package-dir); every other package is imported by its folder's name
 PACKAGE_DIRS = dict(
     re.findall(

@@ -5,10 +5,10 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
+
+from tests.helpers import REPO
 
 
-REPO = Path(__file__).resolve().parents[1]
 SOURCES = (
     "pyproject.toml",
     "README.md",

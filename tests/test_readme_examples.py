@@ -24,17 +24,15 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.helpers import REPO, TINY_CHECKPOINT
 from tests.processing.processing_helpers import sine, write_audio, write_image, write_video
 
 
-REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-CHECKPOINT = REPO / "checkpoints" / "uni-moe-tiny"
 HEADING = re.compile(r"^(#{1,3}) +(.+?)\s*$")
 FENCE = re.compile(r"^```(\S*)\s*$")
 SKIP = re.compile(r"^<!--\s*readme-test:\s*skip\b\s*(.*?)\s*-->\s*$")
@@ -121,7 +119,7 @@ json.dump(results, open(sys.argv[2], "w"))
 def workdir(tmp_path_factory):
     """The folder the examples run in: the shipped model and the media files they name."""
     root = tmp_path_factory.mktemp("readme")
-    shutil.copytree(CHECKPOINT, root / "checkpoints" / "uni-moe-tiny")
+    shutil.copytree(TINY_CHECKPOINT, root / "checkpoints" / "uni-moe-tiny")
     write_image(root / "cat.jpg", color=(200, 120, 40), size=(64, 48))
     write_video(root / "clip.mp4", num_frames=12)
     speech = sine(2.0, freq=300)

@@ -24,11 +24,11 @@ import pytest
 
 from tests.compat.check_version import CHECKS
 from tests.compat.venvs import MAIN, MATRIX, VenvError, ensure_venv, version_key
+from tests.helpers import REPO, TINY_CHECKPOINT
 
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "compat" / "check_version.py"
-FOLDER = REPO / "checkpoints" / "uni-moe-tiny"
+FOLDER = TINY_CHECKPOINT
 REPORTS = REPO / "build" / "compat"
 VERSIONS = sorted({*MATRIX, MAIN}, key=version_key)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from modeling_unimoe.training.synthetic import is_correct, load_split, make_example, write_split
+from tests.helpers import REPO, TINY_CHECKPOINT, needs_tiny_checkpoint
 
 
 pytest.importorskip("gradio")
@@ -32,9 +33,7 @@ from chat import ERROR_MARK, NOTE_MARK  # noqa: E402
 from media import explain_file_error, plain_text  # noqa: E402
 
 
-REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "demo" / "app.py"
-MODEL = REPO / "checkpoints" / "uni-moe-tiny"
 SEED = 0
 # test-split examples (index -> answer is ANSWERS[task][index % n]) asked through the demo, two per task with
 # different answers, so that a model answering one class always cannot pass
@@ -47,7 +46,7 @@ EXAMPLES = {
 }
 READY_TIMEOUT_S = 180
 
-pytestmark = pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason=f"no embedded checkpoint at {MODEL}")
+pytestmark = needs_tiny_checkpoint
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -116,7 +115,7 @@ def ask(url, text, files=(), audio_is="auto", max_new_tokens=8, client=None, use
 def processor():
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(str(MODEL), trust_remote_code=True)
+    return AutoProcessor.from_pretrained(str(TINY_CHECKPOINT), trust_remote_code=True)
 
 
 def test_settings_come_from_flags_then_variables_then_defaults(tmp_path):
@@ -331,7 +330,7 @@ def test_8bit_load_quantizes_the_language_model_but_its_routers():
     pytest.importorskip("bitsandbytes")
     import torch
 
-    model, _ = app.load(str(MODEL), quantization="8bit")
+    model, _ = app.load(str(TINY_CHECKPOINT), quantization="8bit")
     linear = {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
     quantized = {name for name, module in model.named_modules() if type(module).__name__ == "Linear8bitLt"}
     expected = {n for n in linear if n.startswith("model.language_model.") and not n.endswith(".mlp.gate")}

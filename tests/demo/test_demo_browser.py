@@ -16,7 +16,8 @@ playwright_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
 )
 
-from tests.demo.test_demo import MODEL, REPO, SEED, serve_demo  # noqa: E402
+from tests.demo.test_demo import SEED, serve_demo  # noqa: E402
+from tests.helpers import REPO, needs_tiny_checkpoint  # noqa: E402
 
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -37,7 +38,7 @@ pytestmark = [
         not CHROMIUM.is_file(),
         reason=f"{CHROMIUM} is missing: install Debian's chromium (`apt-get install chromium`, or `make test` as root)",
     ),
-    pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason=f"no embedded checkpoint at {MODEL}"),
+    needs_tiny_checkpoint,
 ]
 
 

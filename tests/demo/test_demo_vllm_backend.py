@@ -1,9 +1,9 @@
 """The demo's vLLM backend against a fake OpenAI-compatible server: flags, streamed answers, media as data URLs,
 history and audio, refusals."""
 
-from pathlib import Path
-
 import pytest
+
+from tests.helpers import TINY_CHECKPOINT, needs_tiny_checkpoint
 
 
 pytest.importorskip("gradio")
@@ -17,16 +17,14 @@ from chat import ERROR_MARK  # noqa: E402
 from tests.demo.test_demo import ask, free_port  # noqa: E402
 
 
-MODEL = Path(__file__).resolve().parents[2] / "checkpoints" / "uni-moe-tiny"
-
-pytestmark = pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason=f"no embedded checkpoint at {MODEL}")
+pytestmark = needs_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def processor():
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(str(MODEL), trust_remote_code=True)
+    return AutoProcessor.from_pretrained(str(TINY_CHECKPOINT), trust_remote_code=True)
 
 
 # ------------------------------------------------------------------------------ vLLM backend, against a fake server

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from modeling_unimoe.training.synthetic import is_correct, make_example
+from tests.helpers import REPO, TINY_CHECKPOINT, needs_tiny_checkpoint
 
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -28,9 +29,7 @@ gradio_client = pytest.importorskip("gradio_client")
 import publish  # noqa: E402  (demo/: tests/conftest.py puts it on the path)
 
 
-REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "demo"
-MODEL = REPO / "checkpoints" / "uni-moe-tiny"
 TORCH_WHEELS = Path("/opt/wheels")
 TORCH_INDEX_LINE = "--extra-index-url https://download.pytorch.org/whl/cpu"
 READY_TIMEOUT_S = 240
@@ -50,7 +49,7 @@ BLOCKED_RUN = (
     "runpy.run_path('app.py', run_name='__main__')\n"
 )
 
-pytestmark = pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason=f"no embedded checkpoint at {MODEL}")
+pytestmark = needs_tiny_checkpoint
 
 
 def non_loopback_address() -> str | None:
@@ -81,7 +80,7 @@ def copy_space(tmp_path: Path) -> tuple[Path, Path]:
     """The Space's files (as demo/publish.py uploads them) and a copy of the tiny model, side by side in tmp_path."""
     space = publish.stage_space(tmp_path / "space")
     model = tmp_path / "uni-moe-tiny"
-    shutil.copytree(MODEL, model)
+    shutil.copytree(TINY_CHECKPOINT, model)
     return space, model
 
 
@@ -267,8 +266,8 @@ class FakeHfApi:
 
 def test_publish_dry_run_touches_nothing():
     logged = []
-    result = publish.publish(MODEL, dry_run=True, space="you/uni-moe-demo", api=object(), log=logged.append)
-    expected = sorted(p.name for p in MODEL.iterdir() if p.is_file())
+    result = publish.publish(TINY_CHECKPOINT, dry_run=True, space="you/uni-moe-demo", api=object(), log=logged.append)
+    expected = sorted(p.name for p in TINY_CHECKPOINT.iterdir() if p.is_file())
     assert result["files"] == expected and result["revision"] is None and result["repo_id"] == "uni-moe/uni-moe-tiny"
     assert "modeling_unimoe.py" in expected and "pipeline_unimoe.py" in expected
     assert "Would upload" in logged[0] and "uni-moe/uni-moe-tiny" in logged[0]
@@ -277,7 +276,7 @@ def test_publish_dry_run_touches_nothing():
 
 def test_publish_uploads_the_model_and_the_space(tmp_path):
     folder = tmp_path / "model"
-    shutil.copytree(MODEL, folder)
+    shutil.copytree(TINY_CHECKPOINT, folder)
     (folder / "eval").mkdir()
     (folder / "eval" / "eval.json").write_text("{}")  # an evaluation's output is not part of the model
     api = FakeHfApi()
@@ -294,7 +293,7 @@ def test_publish_uploads_the_model_and_the_space(tmp_path):
     ]
     model_upload, space_upload = api.calls[1][2], api.calls[3][2]
     assert model_upload["folder_path"] == str(folder) and "eval/eval.json" not in model_upload["allow_patterns"]
-    assert set(model_upload["allow_patterns"]) == {p.name for p in MODEL.iterdir() if p.is_file()}
+    assert set(model_upload["allow_patterns"]) == {p.name for p in TINY_CHECKPOINT.iterdir() if p.is_file()}
     assert api.calls[2][2]["space_sdk"] == "gradio" and api.calls[2][2]["repo_type"] == "space"
     assert space_upload["files"] == sorted(publish.SPACE_FILES) == [
         "README.md", "app.py", "backends.py", "chat.py", "media.py", "modeling_unimoe/training/routing.py",
@@ -307,7 +306,7 @@ def test_publish_uploads_the_model_and_the_space(tmp_path):
 
 def test_publish_refuses_an_incomplete_folder_and_a_bad_id(tmp_path, capsys):
     folder = tmp_path / "model"
-    shutil.copytree(MODEL, folder)
+    shutil.copytree(TINY_CHECKPOINT, folder)
     (folder / "modeling_unimoe.py").unlink()
     config = json.loads((folder / "config.json").read_text())
     assert "modeling_unimoe.UniMoEForCausalLM" in config["auto_map"].values()
@@ -316,7 +315,7 @@ def test_publish_refuses_an_incomplete_folder_and_a_bad_id(tmp_path, capsys):
     assert publish.main(["--folder", str(folder), "--dry-run"]) == 1
     assert capsys.readouterr().err.count("\n") == 1
     with pytest.raises(publish.PublishError, match="--repo-id is 'uni-moe-tiny'; expected a Hub repository id"):
-        publish.publish(MODEL, "uni-moe-tiny", dry_run=True)
+        publish.publish(TINY_CHECKPOINT, "uni-moe-tiny", dry_run=True)
     with pytest.raises(publish.PublishError, match="is not a folder"):
         publish.publish(tmp_path / "nothing", dry_run=True)
 

@@ -17,13 +17,12 @@ import tomllib
 import yaml
 
 from modeling_unimoe.training.synthetic import MODALITY, TASKS
+from tests.helpers import REPO, TINY_CHECKPOINT
 
 
-REPO = Path(__file__).resolve().parents[2]
 TASKS_DIR = REPO / "evaluation" / "tasks"
 SYNTHETIC_DIR = TASKS_DIR / "unimoe_synthetic"
 LMMS_EVAL = REPO / "build" / "venvs" / "lmms-eval" / "bin" / "lmms-eval"
-TINY = REPO / "checkpoints" / "uni-moe-tiny"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -108,7 +107,7 @@ def test_lmms_eval_matches_training_evaluate_example_for_example(tmp_path):
     command = [
         str(LMMS_EVAL),
         "--model", "uni_moe",
-        "--model_args", f"pretrained={TINY}",
+        "--model_args", f"pretrained={TINY_CHECKPOINT}",
         "--tasks", "unimoe_synthetic",
         "--include_path", str(TASKS_DIR),
         "--batch_size", "16",
@@ -123,7 +122,9 @@ def test_lmms_eval_matches_training_evaluate_example_for_example(tmp_path):
     results = json.loads(results_json.read_text())
 
     data = SYNTHETIC_DIR / "data"  # written by the lmms-eval run when it loaded the tasks
-    reference = evaluate(TINY, data=data, split="test", out=tmp_path / "evaluate", batch_size=16, log=lambda *a: None)
+    reference = evaluate(
+        TINY_CHECKPOINT, data=data, split="test", out=tmp_path / "evaluate", batch_size=16, log=lambda *a: None
+    )
     expected = {row["id"]: row["prediction"] for row in reference["predictions"]}
 
     for task in TASKS:

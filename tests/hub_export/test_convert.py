@@ -24,10 +24,10 @@ from hub_export.errors import ConversionError
 from hub_export.fake_release import VOCAB, build_release
 from hub_export.output import HUB_CODE_FILES
 from modeling_unimoe.configuration_unimoe import AUTO_MAP
+from tests.helpers import REPO
 from tests.hub_export.original_reference import OriginalReference, hf_inputs, make_prompts
 
 
-REPO = Path(__file__).resolve().parents[2]
 VARIANTS = ["speech-4e", "audio-4e", "speech-v1.5", "8e"]
 TOLERANCE = 1e-4
 

@@ -16,9 +16,9 @@ from hub_export.check import fixed_prompt
 from hub_export.output import HUB_CODE_FILES, OutputFolderError
 from modeling_unimoe import UniMoEForCausalLM
 from modeling_unimoe.processing.export import PROCESSOR_HUB_FILES
+from tests.helpers import REPO, TINY_CHECKPOINT
 
 
-REPO = Path(__file__).resolve().parents[2]
 HUB_FILES = [REPO / "modeling_unimoe" / name for name in HUB_CODE_FILES]
 # the processor side may also use numpy and PIL (transformers' own processors need them)
 PROCESSOR_SOURCES = [REPO / "processing" / name for name in (*PROCESSOR_HUB_FILES, "pipeline_unimoe.py")]
@@ -66,7 +66,7 @@ def test_hub_code_files_are_the_files_transformers_saves_with_the_model():
 def test_saving_a_loaded_folder_writes_the_hub_code_and_keeps_the_config(tmp_path):
     """A model loaded from the embedded checkpoint (through this package's class) saves with every Hub code file; the
     config keeps what its config.json had (`custom_pipelines`, `auto_map`)."""
-    source = REPO / "checkpoints" / "uni-moe-tiny"
+    source = TINY_CHECKPOINT
     model = UniMoEForCausalLM.from_pretrained(source)
     model.save_pretrained(tmp_path / "saved")
     saved = json.loads((tmp_path / "saved" / "config.json").read_text())

@@ -19,10 +19,7 @@ from hub_export.output import (
     check_output_dir,
     why_not_replaceable,
 )
-
-
-REPO = Path(__file__).resolve().parents[2]
-CHECKPOINT = REPO / "checkpoints" / "uni-moe-tiny"
+from tests.helpers import REPO, TINY_CHECKPOINT
 
 
 def snapshot(root: Path) -> dict:
@@ -232,10 +229,10 @@ def test_an_export_is_replaced_and_carries_the_marker(tmp_path):
 
 def test_an_export_made_before_the_marker_is_recognised_by_its_files(tmp_path):
     """The checked-in checkpoint has no marker: the tiny training command may still replace it when named."""
-    assert not (CHECKPOINT / MARKER).exists()
-    assert why_not_replaceable(CHECKPOINT) is None
-    assert check_output_dir(CHECKPOINT, overwrite=True) == CHECKPOINT.resolve()
-    copy = shutil.copytree(CHECKPOINT, tmp_path / "uni-moe-tiny")
+    assert not (TINY_CHECKPOINT / MARKER).exists()
+    assert why_not_replaceable(TINY_CHECKPOINT) is None
+    assert check_output_dir(TINY_CHECKPOINT, overwrite=True) == TINY_CHECKPOINT.resolve()
+    copy = shutil.copytree(TINY_CHECKPOINT, tmp_path / "uni-moe-tiny")
     fake_export(copy, "new")
     assert (copy / "model.safetensors").read_text() == "new" and (copy / MARKER).is_file()
     assert not (copy / "tokenizer.json").exists()  # replaced as a whole

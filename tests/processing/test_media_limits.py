@@ -24,6 +24,7 @@ from modeling_unimoe.processing.media_unimoe import (
     load_image,
 )
 from modeling_unimoe.processing.processing_unimoe import UniMoEProcessor
+from tests.helpers import TINY_CHECKPOINT
 from tests.processing.processing_helpers import (
     SR,
     color_image,
@@ -33,7 +34,6 @@ from tests.processing.processing_helpers import (
     write_m4a,
     write_video,
 )
-from tests.processing.test_processor_faithfulness import TINY_CHECKPOINT
 
 
 HOUR_FRAMES = 3600 * 48_000

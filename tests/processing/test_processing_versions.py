@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 
 from modeling_unimoe.processing.export import PROCESSOR_HUB_FILES
+from tests.helpers import REPO, TINY_CHECKPOINT
 from tests.processing.processing_helpers import sine, write_audio, write_image, write_video
 from tests.processing.test_processor_faithfulness import write_converted_processor, write_release_tokenizer
 
 
-REPO = Path(__file__).resolve().parents[2]
 DUMP = REPO / "tests" / "processing" / "processor_version_dump.py"
-CHECKPOINT = REPO / "checkpoints" / "uni-moe-tiny"
 VENVS = sorted(path.parents[1] for path in REPO.glob("build/venvs/tf-*/bin/python"))
 # strings that may differ between versions: the files a save writes (4.x adds special_tokens_map.json) and the
 # pipelines' replies (greedy decoding of the model, which is not what this test compares: checked to be text)
@@ -37,7 +36,7 @@ def folder(tmp_path_factory):
     """The tiny checkpoint with this tree's Hub files: the processor's (`PROCESSOR_HUB_FILES`), pipeline_unimoe.py,
     chat_template.jinja and the modeling files (the pipelines need the model)."""
     out = tmp_path_factory.mktemp("unimoe-tiny") / "uni-moe-tiny"
-    shutil.copytree(CHECKPOINT, out)
+    shutil.copytree(TINY_CHECKPOINT, out)
     for name in (*PROCESSOR_HUB_FILES, "pipeline_unimoe.py", "chat_template.jinja"):
         shutil.copyfile(REPO / "processing" / name, out / name)
     for name in ("modeling_unimoe.py", "configuration_unimoe.py"):

@@ -33,6 +33,7 @@ from modeling_unimoe.processing.feature_extraction_unimoe import CHUNK_SAMPLES, 
 from modeling_unimoe.processing.media_unimoe import TooManyChunksError, load_audio
 from modeling_unimoe.processing.processing_unimoe import UniMoEProcessor
 from modeling_unimoe.processing.tiny_tokenizer import tiny_corpus
+from tests.helpers import TINY_CHECKPOINT
 from tests.processing.processing_helpers import (
     SR,
     color_image,
@@ -44,8 +45,6 @@ from tests.processing.processing_helpers import (
 )
 
 
-REPO = Path(__file__).resolve().parents[2]
-TINY_CHECKPOINT = REPO / "checkpoints" / "uni-moe-tiny"
 PLACEHOLDERS = ("<image>", "<audio>", "<video>")
 WORDS = ["What", "is", "this?", "a red circle", "12 plus 30", "ünïcödé 漢字 🙂", "Two  spaces", "tab\there", "\n"]
 

@@ -22,8 +22,9 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers import REPO, TINY_CHECKPOINT
 
-REPO = Path(__file__).resolve().parents[2]
+
 VLLM_PYTHON = REPO / "build" / "venvs" / "vllm" / "bin" / "python"
 VLLM_TIMEOUT = 900  # seconds for one vLLM process (engine start is about a minute on 2 busy cores)
 
@@ -111,7 +112,6 @@ def _requests(media) -> dict[str, dict]:
 # --- runs ------------------------------------------------------------------------------------------------------------
 
 
-TINY = REPO / "checkpoints" / "uni-moe-tiny"
 NEW_TOKENS = 16  # exactly (end of sequence suppressed before): the tiny model's own answers are a few tokens long
 
 
@@ -122,7 +122,7 @@ def _sound_only_model(folder: Path) -> Path:
     from modeling_unimoe import UniMoEConfig, UniMoEForCausalLM
     from modeling_unimoe.processing.export import add_custom_pipeline, save_tiny_processor
 
-    tiny = UniMoEForCausalLM.from_pretrained(TINY, dtype=torch.float32)
+    tiny = UniMoEForCausalLM.from_pretrained(TINY_CHECKPOINT, dtype=torch.float32)
     config = tiny.config.to_dict()
     assert config["text_config"]["num_attention_heads"] * config["text_config"]["head_dim"] == 64
     text_config = {**config["text_config"], "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 16}
@@ -183,7 +183,7 @@ def _both(model: Path, requests: dict[str, dict], tmp_path: Path, *extra: str) -
 
 @pytest.fixture(scope="module")
 def tiny_tokens(media, tmp_path_factory):
-    return _both(TINY, _requests(media), tmp_path_factory.mktemp("tiny-run"))
+    return _both(TINY_CHECKPOINT, _requests(media), tmp_path_factory.mktemp("tiny-run"))
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +229,7 @@ def test_tensor_parallel_2_gives_the_same_tokens(tiny_tokens, media, tmp_path):
     experts are split across the workers."""
     names = ["text", "image", "audio", "sound", "all_modalities"]
     requests = _requests(media)
-    ours = _vllm_tokens(TINY, [requests[n] for n in names], tmp_path, "--tensor-parallel-size", "2")
+    ours = _vllm_tokens(TINY_CHECKPOINT, [requests[n] for n in names], tmp_path, "--tensor-parallel-size", "2")
     assert ours == [tiny_tokens[n][1] for n in names]
 
 
@@ -258,7 +258,7 @@ def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
     with open(log, "w") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "serving.serve", "--model", str(TINY), "--port", str(port)],
+            [sys.executable, "-m", "serving.serve", "--model", str(TINY_CHECKPOINT), "--port", str(port)],
             cwd=REPO,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -302,8 +302,8 @@ def _transformers_chat(kind: str, path: Path, question: str) -> tuple[list[int],
     new token ids and their text."""
     from transformers import AutoModelForCausalLM, AutoProcessor
 
-    model = AutoModelForCausalLM.from_pretrained(TINY, trust_remote_code=True, dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(TINY, trust_remote_code=True)
+    model = AutoModelForCausalLM.from_pretrained(TINY_CHECKPOINT, trust_remote_code=True, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(TINY_CHECKPOINT, trust_remote_code=True)
     messages = [{"role": "user", "content": [{"type": kind, "path": str(path)}, {"type": "text", "text": question}]}]
     inputs = processor.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
@@ -357,7 +357,7 @@ def test_demo_with_the_vllm_backend_answers_as_transformers(server, media):
     import app
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(TINY, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(TINY_CHECKPOINT, trust_remote_code=True)
     demo = app.build_demo(None, processor, backend=app.VLLMBackend(server))
     demo.queue()
     _, url, _ = demo.launch(

@@ -15,12 +15,10 @@ from modeling_unimoe.training.evaluate import (
     markdown_table,
     wilson_interval,
 )
+from tests.helpers import TINY_CHECKPOINT, needs_tiny_checkpoint
 
 
-REPO = Path(__file__).resolve().parents[2]
-MODEL = REPO / "checkpoints" / "uni-moe-tiny"
-
-pytestmark = pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason=f"no embedded checkpoint at {MODEL}")
+pytestmark = needs_tiny_checkpoint
 
 
 def _snapshot(folder: Path) -> dict:
@@ -29,11 +27,11 @@ def _snapshot(folder: Path) -> dict:
 
 def test_default_output_is_under_build_not_the_checkpoint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    before = _snapshot(MODEL)
-    report = evaluate(MODEL, tmp_path / "data", "test", n_per_task=2, routing=True, tasks=("image_color",),
+    before = _snapshot(TINY_CHECKPOINT)
+    report = evaluate(TINY_CHECKPOINT, tmp_path / "data", "test", n_per_task=2, routing=True, tasks=("image_color",),
                       log=lambda *_: None)  # fmt: skip
     out = tmp_path / "build" / "eval" / "uni-moe-tiny"
-    assert default_out(MODEL) == Path("build/eval/uni-moe-tiny")
+    assert default_out(TINY_CHECKPOINT) == Path("build/eval/uni-moe-tiny")
     assert json.loads((out / "eval.json").read_text())["per_task"]["image_color"]["n"] == 2
     routes = json.loads((out / "routing.json").read_text())
     # each token counts as its own modality: the image placeholders as image, the question as text
@@ -43,7 +41,7 @@ def test_default_output_is_under_build_not_the_checkpoint(tmp_path, monkeypatch)
     for share in routes["share"]["image"].values():
         assert abs(sum(share) - 1) < 1e-5 and len(share) == routes["num_experts"]
     assert (out / "routing.png").read_bytes()[:4] == b"\x89PNG"
-    assert _snapshot(MODEL) == before, "the evaluated folder was written to"
+    assert _snapshot(TINY_CHECKPOINT) == before, "the evaluated folder was written to"
 
 
 def test_wilson_interval_matches_published_values():
@@ -78,7 +76,9 @@ def test_report_and_table_give_each_tasks_interval():
 
 def test_out_flag_is_used(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    main([str(MODEL), "--data", str(tmp_path / "data"), "--n-per-task", "1", "--out", str(tmp_path / "mine")])
+    main(
+        [str(TINY_CHECKPOINT), "--data", str(tmp_path / "data"), "--n-per-task", "1", "--out", str(tmp_path / "mine")]
+    )
     assert (tmp_path / "mine" / "eval.json").is_file()
     assert not (tmp_path / "build").exists()
 
@@ -86,7 +86,7 @@ def test_out_flag_is_used(tmp_path, monkeypatch):
 def test_seed_and_distribution_flags_write_that_split(tmp_path):
     from modeling_unimoe.training.synthetic import write_split
 
-    main([str(MODEL), "--data", str(tmp_path / "data"), "--n-per-task", "1", "--seed", "3", "--distribution", "wide",
+    main([str(TINY_CHECKPOINT), "--data", str(tmp_path / "data"), "--n-per-task", "1", "--seed", "3", "--distribution", "wide",
           "--out", str(tmp_path / "out")])  # fmt: skip
     written = (tmp_path / "data" / "test.json").read_text()
     assert written == write_split(tmp_path / "wide", "test", 1, 3, distribution="wide").read_text()
@@ -94,7 +94,7 @@ def test_seed_and_distribution_flags_write_that_split(tmp_path):
     report = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert sum(entry["n"] for entry in report["per_task"].values()) == 8
     lines = []  # an existing split is read as it is, and the log says so
-    evaluate(MODEL, tmp_path / "data", "test", tmp_path / "again", n_per_task=2, seed=5, tasks=("text_add",),
+    evaluate(TINY_CHECKPOINT, tmp_path / "data", "test", tmp_path / "again", n_per_task=2, seed=5, tasks=("text_add",),
              log=lines.append)  # fmt: skip
     assert lines[0] == (
         f"Reading the test split already in {tmp_path / 'data'} (--n-per-task, --seed, --distribution and --shift "

@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 from modeling_unimoe import UniMoEConfig, UniMoEForCausalLM
 from modeling_unimoe.configuration_unimoe import PRESETS
 from modeling_unimoe.processing.export import PROCESSOR_HUB_FILES
+from tests.helpers import REPO, TINY_CHECKPOINT
 
 
-REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes" / "transformers"
 # the Hub files as the sources have them now, copied over the embedded checkpoint's
 HUB_SOURCES = [
@@ -108,7 +108,7 @@ def run_recipe(script: str, hub_folder: Path, out: Path, steps: int) -> tuple[di
 def hub_folder(tmp_path_factory) -> Path:
     """The embedded tiny Hub folder with the current Hub files."""
     folder = tmp_path_factory.mktemp("finetune") / "uni-moe-tiny"
-    shutil.copytree(REPO / "checkpoints" / "uni-moe-tiny", folder)
+    shutil.copytree(TINY_CHECKPOINT, folder)
     for source in HUB_SOURCES:
         shutil.copyfile(source, folder / source.name)
     return folder

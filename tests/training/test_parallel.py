@@ -22,11 +22,10 @@ from safetensors.torch import load_file
 from modeling_unimoe import UniMoEConfig, UniMoEForCausalLM
 from modeling_unimoe.training.stages import dense_config
 from modeling_unimoe.training.synthetic import write_split
-from tests.helpers import media_prompt
+from tests.helpers import REPO, media_prompt
 from tests.training.test_training_resume import TASKS, _free_port
 
 
-REPO = Path(__file__).resolve().parents[2]
 VENVS = REPO / "build" / "venvs"
 ACCELERATE_CONFIGS = REPO / "recipes" / "accelerate"
 

@@ -18,11 +18,7 @@ from modeling_unimoe.training.synthetic import (
     write_split,
 )
 from modeling_unimoe.training.synthetic_media import SHIFTED, WIDE
-
-
-REPO = Path(__file__).resolve().parents[2]
-MODEL = REPO / "checkpoints" / "uni-moe-tiny"
-needs_model = pytest.mark.skipif(not (MODEL / "config.json").is_file(), reason=f"no embedded checkpoint at {MODEL}")
+from tests.helpers import TINY_CHECKPOINT, needs_tiny_checkpoint
 
 
 def test_shift_groups_hold_every_shifted_parameter_once():
@@ -110,9 +106,9 @@ def test_table_shows_each_rows_change_from_none():
     ]
 
 
-@needs_model
+@needs_tiny_checkpoint
 def test_study_scores_each_rows_own_split(tmp_path):
-    report = shift_study(MODEL, ("sound_pitch",), n_per_task=2, out=tmp_path, log=lambda *_: None)
+    report = shift_study(TINY_CHECKPOINT, ("sound_pitch",), n_per_task=2, out=tmp_path, log=lambda *_: None)
     written = json.loads((tmp_path / "shift_study.json").read_text())
     assert written["rows"].keys() == report["rows"].keys() == study_rows(("sound_pitch",)).keys()
     for name, row in written["rows"].items():
@@ -127,9 +123,9 @@ def test_study_scores_each_rows_own_split(tmp_path):
     assert written_wave == (reference / "shifted" / "sound_pitch" / "00000.wav").read_bytes()
 
 
-@needs_model
+@needs_tiny_checkpoint
 def test_evaluate_shift_writes_the_partly_shifted_split(tmp_path):
-    evaluate_main([str(MODEL), "--data", str(tmp_path / "data"), "--split", "shifted", "--shift", "beep_hz", "gap",
+    evaluate_main([str(TINY_CHECKPOINT), "--data", str(tmp_path / "data"), "--split", "shifted", "--shift", "beep_hz", "gap",
                    "--n-per-task", "1", "--out", str(tmp_path / "eval")])  # fmt: skip
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["per_task"]["sound_beeps"]["n"] == 1
     write_split(tmp_path / "reference", "shifted", 1, shift=("beep_hz", "gap"))

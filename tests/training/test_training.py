@@ -21,9 +21,7 @@ from modeling_unimoe.training.stages import (
 )
 from modeling_unimoe.training.synthetic import TASKS, load_split, make_example, write_split
 from modeling_unimoe.training.train import ModalityGroupedSampler, expert_recipe, load_recipe, load_records
-
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 from modeling_unimoe import UniMoEConfig, UniMoEForCausalLM
 from modeling_unimoe.training.stages import dense_config
 from modeling_unimoe.training.synthetic import write_split
+from tests.helpers import REPO
 
 
-REPO = Path(__file__).resolve().parents[2]
 TASKS = ("image_color", "text_add")
 
 # Runs one stage from a recipe file; with UNIMOE_KILL_AT_STEP=N it SIGKILLs itself at the end of step N (after the
