@@ -10,8 +10,9 @@ group's parameters from `SHIFTED` and every other parameter from `WIDE` (`synthe
 `OUT/data/<group>/`, and scores the model on it. Two rows frame them: `none` (every parameter from WIDE, on the shifted
 split's examples) and `all` (the shifted split itself). All rows use the same seeds, so a row's difference from `none`
 is what that shift alone costs. `--pairs` adds a row for each pair of groups that change the same task (`a+b`, scored
-on the tasks both change): shifts that cost little alone may cost much together. Writes `OUT/shift_study.json` (every row's `accuracy_report`) and prints a markdown
-table of accuracies with each row's change from `none`. Each row's split is written anew (the same files each time).
+on the tasks both change): shifts that cost little alone may cost much together. Writes `OUT/shift_study.json` (every
+row's `accuracy_report`) and prints a markdown table of accuracies with each row's change from `none`. Each row's split
+is written anew (the same files each time).
 """
 
 from __future__ import annotations

@@ -86,8 +86,8 @@ def test_out_flag_is_used(tmp_path, monkeypatch):
 def test_seed_and_distribution_flags_write_that_split(tmp_path):
     from modeling_unimoe.training.synthetic import write_split
 
-    main([str(TINY_CHECKPOINT), "--data", str(tmp_path / "data"), "--n-per-task", "1", "--seed", "3", "--distribution", "wide",
-          "--out", str(tmp_path / "out")])  # fmt: skip
+    main([str(TINY_CHECKPOINT), "--data", str(tmp_path / "data"), "--n-per-task", "1", "--seed", "3",
+          "--distribution", "wide", "--out", str(tmp_path / "out")])  # fmt: skip
     written = (tmp_path / "data" / "test.json").read_text()
     assert written == write_split(tmp_path / "wide", "test", 1, 3, distribution="wide").read_text()
     assert written != write_split(tmp_path / "standard", "test", 1, 3).read_text()

@@ -125,8 +125,8 @@ def test_study_scores_each_rows_own_split(tmp_path):
 
 @needs_tiny_checkpoint
 def test_evaluate_shift_writes_the_partly_shifted_split(tmp_path):
-    evaluate_main([str(TINY_CHECKPOINT), "--data", str(tmp_path / "data"), "--split", "shifted", "--shift", "beep_hz", "gap",
-                   "--n-per-task", "1", "--out", str(tmp_path / "eval")])  # fmt: skip
+    evaluate_main([str(TINY_CHECKPOINT), "--data", str(tmp_path / "data"), "--split", "shifted",
+                   "--shift", "beep_hz", "gap", "--n-per-task", "1", "--out", str(tmp_path / "eval")])  # fmt: skip
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["per_task"]["sound_beeps"]["n"] == 1
     write_split(tmp_path / "reference", "shifted", 1, shift=("beep_hz", "gap"))
     for task in ("sound_beeps", "image_shape"):
